@@ -1,0 +1,216 @@
+"""Explicit gradients (Zygote's ``gradient``/``withgradient``/``pullback``) on ``torch.autograd``.
+
+``gradient(f, *args)`` calls ``f(*args)`` and returns one gradient per argument: a tensor for a
+tensor, a tree of the argument's shape for a model (a :class:`~fluxtrain.tree.Node` with attribute
+and index access), ``None`` where nothing was differentiable or nothing depended on it.
+
+Plain tensors inside an argument are differentiated by calling ``f`` on a copy of the argument's
+containers holding ``tensor.detach().requires_grad_()`` (same storage, no data copy); a Module's
+own parameters are used as they are, so ``f`` sees the real model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .mode import differentiating
+from .tree import Node, children, is_trainable_tensor, make_node, rebuild
+
+__all__ = ["gradient", "pullback", "withgradient"]
+
+
+class _Inputs:
+    """The differentiable tensors found in the arguments, each once (ties share one entry)."""
+
+    def __init__(self) -> None:
+        self.tensors: list[torch.Tensor] = []
+        self.slot: dict[int, int] = {}  # id(original tensor) -> index in ``tensors``
+        self._keep: list[Any] = []  # keeps originals alive so ids stay unique
+
+    def add(self, original: torch.Tensor, differentiable: torch.Tensor) -> torch.Tensor:
+        key = id(original)
+        if key not in self.slot:
+            self.slot[key] = len(self.tensors)
+            self.tensors.append(differentiable)
+            self._keep.append(original)
+        return self.tensors[self.slot[key]]
+
+
+def _substitute(x: Any, inputs: _Inputs) -> Any:
+    """``x`` with every differentiable tensor replaced by one autograd can track."""
+    if isinstance(x, torch.Tensor):
+        if not is_trainable_tensor(x):
+            return x
+        if x.requires_grad and x.is_leaf:
+            return inputs.add(x, x)
+        if id(x) in inputs.slot:
+            return inputs.tensors[inputs.slot[id(x)]]
+        return inputs.add(x, x.detach().requires_grad_(True))
+    if isinstance(x, nn.Module):
+        # The model is called as it is: register its parameters, do not copy it.
+        for p in x.parameters():
+            if p.requires_grad and is_trainable_tensor(p):
+                inputs.add(p, p)
+        return x
+    ch = children(x)
+    if ch is None:
+        return x
+    return rebuild(x, {k: _substitute(v, inputs) for k, v in ch.items()})
+
+
+def _gradient_tree(x: Any, grads: dict[int, torch.Tensor | None]) -> Any:
+    """The gradient of ``x`` in ``x``'s shape; all-``None`` subtrees collapse to ``None``."""
+    if isinstance(x, torch.Tensor):
+        return grads.get(id(x))
+    ch = children(x)
+    if ch is None:
+        return None
+    out = {}
+    for k, v in ch.items():
+        if isinstance(x, nn.Module) and k in x._buffers:
+            out[k] = None
+        else:
+            out[k] = _gradient_tree(v, grads)
+    if all(v is None for v in out.values()):
+        return None
+    return make_node(x, out)
+
+
+def _split_output(out: Any) -> tuple[Any, Any]:
+    """(loss, value to return) from what ``f`` returned; checks the loss is a real scalar."""
+    loss = out[0] if isinstance(out, tuple) and len(out) > 0 else out
+    if isinstance(loss, torch.Tensor):
+        if loss.is_complex():
+            raise TypeError("the function must return a real scalar, got a complex tensor")
+        if not loss.is_floating_point():
+            raise TypeError(
+                f"the function must return a real floating-point scalar, got a tensor of dtype "
+                f"{loss.dtype}"
+            )
+        if loss.dim() != 0:
+            raise ValueError(
+                f"the function must return a scalar (0-d tensor or float), got a tensor of shape "
+                f"{tuple(loss.shape)}; reduce it first, e.g. with .sum() or .mean()"
+            )
+    elif isinstance(loss, bool) or not isinstance(loss, (int, float)):
+        raise TypeError(
+            f"the function must return a real scalar (0-d tensor or float), or a tuple whose first "
+            f"element is one; got {type(loss).__name__}"
+        )
+    return loss, out
+
+
+def _value(loss: Any, out: Any) -> Any:
+    val = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+    if isinstance(out, tuple):
+        return (val, *out[1:])
+    return val
+
+
+def _forward(f: Callable[..., Any], args: tuple) -> tuple[_Inputs, Any, Any]:
+    inputs = _Inputs()
+    call_args = tuple(_substitute(a, inputs) for a in args)
+    with torch.enable_grad(), differentiating():
+        out = f(*call_args)
+    loss, out = _split_output(out)
+    return inputs, loss, out
+
+
+def _backward(
+    inputs: _Inputs, loss: Any, args: tuple, seed: Any = None, retain: bool = False
+) -> tuple:
+    if isinstance(loss, torch.Tensor) and loss.requires_grad and inputs.tensors:
+        grad_output = None if seed is None else torch.as_tensor(seed, dtype=loss.dtype)
+        raw = torch.autograd.grad(
+            loss,
+            inputs.tensors,
+            grad_outputs=grad_output,
+            allow_unused=True,
+            retain_graph=retain,
+        )
+    else:
+        raw = (None,) * len(inputs.tensors)
+    by_id = {key: raw[i] for key, i in inputs.slot.items()}
+    return tuple(_gradient_tree(a, by_id) for a in args)
+
+
+def _implicit(args: tuple) -> Any:
+    # The implicit style (``gradient(lambda: loss(x, y), params(model))``) hands over to the
+    # object itself: Params implements ``_implicit_gradient``.
+    if len(args) == 1 and hasattr(args[0], "_implicit_gradient"):
+        return args[0]
+    return None
+
+
+def gradient(f: Callable[..., Any], *args: Any) -> Any:
+    """Gradient of the scalar ``f(*args)`` with respect to each argument (Zygote's ``gradient``).
+
+    Returns a tuple with one entry per argument: a tensor for a tensor argument; for a model or any
+    tree, a tree of the same shape whose children are reached as the model's are
+    (``grads[0].layers[0].weight``, ``grads[0]["a"]``); ``None`` for parts that are not
+    differentiable or that the result does not depend on.  Tied tensors get their total gradient
+    at each place they appear.  ``f`` must return a real scalar (0-d tensor or float), or a tuple
+    whose first element is one.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> ft.gradient(lambda x: (x ** 2).sum(), torch.tensor([1.0, 2.0]))
+        (tensor([2., 4.]),)
+    """
+    implicit = _implicit(args)
+    if implicit is not None:
+        return implicit._implicit_gradient(f)
+    inputs, loss, _ = _forward(f, args)
+    return _backward(inputs, loss, args)
+
+
+def withgradient(f: Callable[..., Any], *args: Any) -> tuple[Any, tuple]:
+    """Like :func:`gradient`, also returning the value: ``(val, grads)``.
+
+    If ``f`` returns a tuple, its first element is the loss that is differentiated and ``val`` is
+    the whole tuple with the loss as a float (the seed's ``return my_loss(result, label), result``).
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> val, (g,) = ft.withgradient(lambda x: (x ** 2).sum(), torch.tensor([3.0]))
+        >>> val, g
+        (9.0, tensor([6.]))
+    """
+    implicit = _implicit(args)
+    if implicit is not None:
+        return implicit._implicit_withgradient(f)
+    inputs, loss, out = _forward(f, args)
+    grads = _backward(inputs, loss, args)
+    return _value(loss, out), grads
+
+
+def pullback(f: Callable[..., Any], *args: Any) -> tuple[Any, Callable[[Any], tuple]]:
+    """``(val, back)``: the value of ``f(*args)`` and a function giving its gradients.
+
+    ``back(1.0)`` returns what :func:`gradient` would; ``back(dy)`` scales it by ``dy``.  ``back``
+    may be called more than once.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> val, back = ft.pullback(lambda x: (3 * x).sum(), torch.tensor([1.0, 1.0]))
+        >>> val, back(2.0)
+        (6.0, (tensor([6., 6.]),))
+    """
+    implicit = _implicit(args)
+    if implicit is not None:
+        return implicit._implicit_pullback(f)
+    inputs, loss, out = _forward(f, args)
+
+    def back(dy: Any = 1.0) -> tuple:
+        if isinstance(dy, (int, float)) and not math.isfinite(dy):
+            raise ValueError(f"pullback seed must be finite, got {dy}")
+        return _backward(inputs, loss, args, seed=dy, retain=True)
+
+    return _value(loss, out), back
+
+

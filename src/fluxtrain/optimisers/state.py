@@ -1,0 +1,466 @@
+"""Tree-shaped optimiser state (Optimisers.jl): setup, update_, adjust_, freeze_, thaw_, reset_.
+
+``setup(rule, model)`` returns a tree of the model's shape with a :class:`Leaf` at each trainable
+tensor.  ``update_`` first walks state, model and gradient together and checks everything (no
+mutation happens before the walk succeeds: a bad gradient anywhere leaves the model and the state
+as they were), then hands the work to :mod:`fluxtrain.optimisers.engine`, which updates leaves
+that share a rule, dtype and device together.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..tree import KeyPath, Node, _child_of, children, is_trainable_tensor, make_node, node_kind
+from ..tree import trainable_children as _trainable_children
+from . import engine
+from .rules import ClipNorm, OptimiserChain, Rule
+
+__all__ = [
+    "Leaf",
+    "adjust",
+    "adjust_",
+    "freeze_",
+    "leaves",
+    "reset_",
+    "setup",
+    "thaw_",
+    "update",
+    "update_",
+]
+
+
+class Leaf:
+    """The optimiser state of one trainable tensor: its ``rule``, ``state`` and ``frozen`` flag.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> ft.setup(ft.Momentum(0.1), torch.zeros(2))
+        Leaf(Momentum(eta=0.1, rho=0.9), tensor([0., 0.]))
+    """
+
+    __slots__ = ("__weakref__", "_like", "frozen", "rule", "state")
+
+    def __init__(self, rule: Rule, state: Any, frozen: bool = False, like: Any = None):
+        self.rule = rule
+        self.state = state
+        self.frozen = frozen
+        # (shape, dtype, device) of the parameter, so that reset_ can rebuild the state.
+        self._like = like
+
+    def __repr__(self) -> str:
+        extra = ", frozen=True" if self.frozen else ""
+        return f"Leaf({self.rule!r}, {_short(self.state)}{extra})"
+
+    def __reduce__(self):
+        return (Leaf, (self.rule, self.state, self.frozen, self._like))
+
+
+def _short(state: Any) -> str:
+    if isinstance(state, tuple):
+        inner = ", ".join(_short(s) for s in state)
+        return f"({inner},)" if len(state) == 1 else f"({inner})"
+    if isinstance(state, torch.Tensor) and state.numel() > 6:
+        return f"<tensor {tuple(state.shape)} {str(state.dtype).removeprefix('torch.')}>"
+    return repr(state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking state trees
+
+
+def unwrap(model: Any) -> Any:
+    """The model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(model, nn.Module) and hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def leaves(tree: Any) -> Iterator[Leaf]:
+    """Every :class:`Leaf` below ``tree`` (tied ones once), in tree order."""
+    seen: set[int] = set()
+
+    def walk(t: Any) -> Iterator[Leaf]:
+        if isinstance(t, Leaf):
+            if id(t) not in seen:
+                seen.add(id(t))
+                yield t
+            return
+        if isinstance(t, (Node, Mapping, list, tuple)):
+            ch = children(t)
+            for v in ch.values():
+                yield from walk(v)
+
+    return walk(tree)
+
+
+def _check_rule(rule: Any) -> Rule:
+    if isinstance(rule, type) and issubclass(rule, Rule):
+        raise TypeError(f"setup needs a rule instance, e.g. {rule.__name__}(), not the class")
+    if not isinstance(rule, Rule):
+        raise TypeError(f"setup needs an optimisation rule such as ft.Adam(), got {rule!r}")
+    _check_global_clip(rule, first=True)
+    return rule
+
+
+def _check_global_clip(rule: Rule, first: bool) -> None:
+    if isinstance(rule, ClipNorm) and rule.scope == "global" and not first:
+        raise ValueError(
+            "ClipNorm(scope='global') must be the rule itself or the first rule of an "
+            "OptimiserChain: the global norm is taken of the raw gradients"
+        )
+    if isinstance(rule, OptimiserChain):
+        for i, r in enumerate(rule.opts):
+            _check_global_clip(r, first and i == 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+
+def setup(rule: Rule, model: Any) -> Any:
+    """Make the optimiser state for ``model``: a tree of its shape with a :class:`Leaf` per
+    trainable tensor and ``None`` elsewhere (Optimisers.jl ``setup``).
+
+    Tied tensors (the same tensor reached twice) share one Leaf.  Children are reached as in the
+    model: ``opt_state.layers.enc``, ``opt_state.layers[0]``, ``opt_state["a"]``.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> model = {"w": torch.ones(2), "f": abs}
+        >>> ft.setup(ft.Momentum(0.1), model)
+        {'w': Leaf(Momentum(eta=0.1, rho=0.9), tensor([0., 0.])), 'f': None}
+    """
+    rule = _check_rule(rule)
+    cache: dict[int, Leaf] = {}
+    keep: list[torch.Tensor] = []
+
+    def build(node: Any) -> Any:
+        if isinstance(node, torch.Tensor):
+            if not is_trainable_tensor(node):
+                return None
+            if id(node) not in cache:
+                keep.append(node)
+                with torch.no_grad():
+                    st = rule.init(node.detach())
+                cache[id(node)] = Leaf(rule, st, like=(node.shape, node.dtype, node.device))
+            return cache[id(node)]
+        ch = _trainable_children(node)
+        if ch is None:
+            return None
+        return make_node(node, {k: (None if v is None else build(v)) for k, v in ch.items()})
+
+    state = build(unwrap(model))
+    engine.prepare(state, unwrap(model))
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# update_
+
+
+class GradientMismatchError(ValueError):
+    """The gradient tree does not fit the model (structure, type or shape), at a named path."""
+
+
+def _grad_children_keys(g: Any) -> list | None:
+    if isinstance(g, Node):
+        return list(g._children)
+    if isinstance(g, Mapping):
+        return list(g)
+    if isinstance(g, (list, tuple)) and node_kind(g) in ("list", "tuple"):
+        return list(range(len(g)))
+    return None
+
+
+def _same_key(a: Any, b: Any) -> bool:
+    return a == b or str(a) == str(b)
+
+
+def _collect(state: Any, model: Any, grads: Any, use_dot_grad: bool) -> list[engine.Work]:
+    """Walk state, model and gradient in parallel; return the work, mutating nothing."""
+    work: dict[int, engine.Work] = {}
+
+    def walk(st: Any, x: Any, g: Any, path: KeyPath) -> None:
+        if st is None:
+            return
+        if isinstance(st, Leaf):
+            if not isinstance(x, torch.Tensor):
+                raise GradientMismatchError(
+                    f"the state has a Leaf at {path} but the model has {type(x).__name__} there"
+                )
+            if use_dot_grad:
+                g = x.grad
+            if g is None:
+                return
+            if not isinstance(g, torch.Tensor):
+                raise GradientMismatchError(
+                    f"gradient at {path} should be a tensor of shape {tuple(x.shape)}, "
+                    f"got {type(g).__name__}"
+                )
+            if g.shape != x.shape:
+                raise GradientMismatchError(
+                    f"gradient at {path} has shape {tuple(g.shape)} but the parameter has "
+                    f"shape {tuple(x.shape)}"
+                )
+            item = work.get(id(st))
+            if item is None:
+                work[id(st)] = engine.Work(st, x, [g], path)
+            elif item.x is not x:
+                raise GradientMismatchError(
+                    f"the Leaf at {path} is shared with {item.path}, but the model has different "
+                    f"tensors there: was the state set up for another model?"
+                )
+            elif all(g is not h for h in item.grads):
+                item.grads.append(g)  # tied parameter: gradients are summed
+            return
+        if isinstance(g, torch.Tensor):
+            raise GradientMismatchError(
+                f"gradient at {path} is a tensor but the model has a {type(x).__name__} there"
+            )
+        st_children = children(st)
+        x_children = children(x)
+        if x_children is None:
+            raise GradientMismatchError(
+                f"the state has a subtree at {path} but the model has {type(x).__name__} there: "
+                f"was the state set up for another model?"
+            )
+        if g is not None and not use_dot_grad:
+            gkeys = _grad_children_keys(g)
+            if gkeys is not None:
+                for k in gkeys:
+                    if not any(_same_key(k, sk) for sk in st_children):
+                        raise GradientMismatchError(
+                            f"gradient has a child {k!r} at {path} that the model does not have "
+                            f"(model has {list(st_children)})"
+                        )
+        for k, sub in st_children.items():
+            if sub is None:
+                continue
+            if k not in x_children:
+                raise GradientMismatchError(
+                    f"the model has no child {k!r} at {path}: was the state set up for another "
+                    f"model?"
+                )
+            gk = None if use_dot_grad else _child_of(g, k)
+            walk(sub, x_children[k], gk, path + (k,))
+
+    if grads is None and not use_dot_grad:
+        return []
+    walk(state, model, grads, KeyPath())
+    return list(work.values())
+
+
+def _implicit_target(model: Any) -> bool:
+    return hasattr(model, "_implicit_update")
+
+
+def update_(state: Any, model: Any, grads: Any = None) -> tuple[Any, Any]:
+    """Update ``model``'s parameters in place from ``grads`` and the optimiser ``state``.
+
+    ``grads`` is a gradient tree (``ft.gradient(...)[0]``), plain nested dicts/lists/tuples that
+    mirror the model, a tensor for a bare-tensor model, or ``None`` to read each parameter's
+    ``.grad`` (after ``loss.backward()``).  A ``None`` branch or a frozen Leaf is skipped with its
+    state unchanged; tied parameters get the sum of their gradients.  Returns ``(state, model)``.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> m = {"x": torch.tensor([1.0, 2.0])}
+        >>> st = ft.setup(ft.Descent(0.1), m)
+        >>> _ = ft.update_(st, m, {"x": torch.tensor([10.0, 10.0])})
+        >>> m["x"]
+        tensor([0., 1.])
+    """
+    if _implicit_target(model):
+        return model._implicit_update(state, grads)
+    if isinstance(state, Rule):
+        raise TypeError(
+            "update_ needs the state from ft.setup(rule, model), not a rule; "
+            "call opt_state = ft.setup(rule, model) once before training"
+        )
+    model = unwrap(model)
+    items = _collect(state, model, grads, use_dot_grad=grads is None)
+    engine.run(items)
+    return state, model
+
+
+def update(state: Any, model: Any, grads: Any = None) -> tuple[Any, Any]:
+    """Like :func:`update_` but returns new state and model, leaving the originals untouched.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> m = torch.tensor([1.0])
+        >>> st = ft.setup(ft.Descent(0.5), m)
+        >>> st2, m2 = ft.update(st, m, torch.tensor([1.0]))
+        >>> m, m2
+        (tensor([1.]), tensor([0.5000]))
+    """
+    memo: dict[int, Any] = {}
+    model = unwrap(model)
+    new_model = copy.deepcopy(model, memo)
+    new_state = copy.deepcopy(state, memo)
+    engine.forget(new_state)
+    if grads is None:
+        grads = _grads_of(model)
+    update_(new_state, new_model, grads)
+    return new_state, new_model
+
+
+def _grads_of(model: Any) -> Any:
+    """The ``.grad`` of every tensor in ``model``, as a tree (for ``update`` with grads=None)."""
+    if isinstance(model, torch.Tensor):
+        return model.grad
+    ch = children(model)
+    if ch is None:
+        return None
+    return {k: _grads_of(v) for k, v in ch.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# adjust, freeze, thaw, reset
+
+
+def _changes(eta: Any, hyper: dict[str, Any]) -> dict[str, Any]:
+    changes = dict(hyper)
+    if "lr" in changes:
+        if eta is not None or "eta" in changes:
+            raise TypeError("give the learning rate once: eta or its alias lr, not both")
+        changes["eta"] = changes.pop("lr")
+    if eta is not None:
+        if "eta" in changes:
+            raise TypeError("eta given both positionally and by keyword")
+        changes["eta"] = eta
+    if not changes:
+        raise TypeError("adjust needs a learning rate (eta) or hyperparameter keywords")
+    return changes
+
+
+def _adjusted(rule: Rule, changes: dict[str, Any]) -> tuple[Rule, set[str]]:
+    return rule._adjust(changes)
+
+
+def _unknown_error(unknown: set[str], rules: list[Rule]) -> ValueError:
+    names = sorted({f"{type(r).__name__}" for r in rules})
+    return ValueError(
+        f"no rule in this subtree has hyperparameter(s) {sorted(unknown)} "
+        f"(rules here: {', '.join(names) or 'none'}); Optimisers.jl would ignore this silently"
+    )
+
+
+def adjust_(tree: Any, eta: float | None = None, **hyper: Any) -> None:
+    """Change hyperparameters of every rule below ``tree``, keeping the stored momenta.
+
+    ``adjust_(st, 0.01)`` sets the learning rate; keywords set any field
+    (``adjust_(st, beta=(0.8, 0.99))``); ``lr`` is an alias of ``eta``.  Works on any subtree
+    (``adjust_(st.layers.enc, 0.03)``).  A keyword that no rule there has is an error.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> st = ft.setup(ft.Adam(0.1), {"w": torch.zeros(1)})
+        >>> ft.adjust_(st, 0.01); st["w"].rule.eta
+        0.01
+    """
+    if isinstance(tree, Rule):
+        raise TypeError("adjust_ changes a state tree in place; for a rule use ft.adjust(rule, ...)")
+    changes = _changes(eta, hyper)
+    found = list(leaves(tree))
+    if not found:
+        raise ValueError("adjust_: there is no Leaf (trainable parameter) in this subtree")
+    new_rules = []
+    used: set[str] = set()
+    for leaf in found:
+        r, u = _adjusted(leaf.rule, changes)
+        new_rules.append(r)
+        used |= u
+    unknown = set(changes) - used
+    if unknown:
+        raise _unknown_error(unknown, [leaf.rule for leaf in found])
+    for leaf, r in zip(found, new_rules):
+        leaf.rule = r
+
+
+def adjust(tree_or_rule: Any, eta: float | None = None, **hyper: Any) -> Any:
+    """Copying version of :func:`adjust_`: returns a new rule or a new state tree.
+
+    Example:
+        >>> import fluxtrain as ft
+        >>> ft.adjust(ft.Adam(), beta=(0.8, 0.99))
+        Adam(eta=0.001, beta=(0.8, 0.99), epsilon=1e-08)
+    """
+    if isinstance(tree_or_rule, Rule):
+        changes = _changes(eta, hyper)
+        r, used = _adjusted(tree_or_rule, changes)
+        unknown = set(changes) - used
+        if unknown:
+            raise _unknown_error(unknown, [tree_or_rule])
+        return r
+    new = copy.deepcopy(tree_or_rule)
+    engine.forget(new)
+    adjust_(new, eta, **hyper)
+    return new
+
+
+def freeze_(tree: Any) -> None:
+    """Stop updating every parameter below ``tree`` until :func:`thaw_` (state is kept).
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> st = ft.setup(ft.Adam(), {"a": torch.zeros(1), "b": torch.zeros(1)})
+        >>> ft.freeze_(st["a"]); st["a"].frozen, st["b"].frozen
+        (True, False)
+    """
+    for leaf in leaves(tree):
+        leaf.frozen = True
+
+
+def thaw_(tree: Any) -> None:
+    """Undo :func:`freeze_` on every Leaf below ``tree``.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> st = ft.setup(ft.Adam(), torch.zeros(1)); ft.freeze_(st); ft.thaw_(st)
+        >>> st.frozen
+        False
+    """
+    for leaf in leaves(tree):
+        leaf.frozen = False
+
+
+def _assign_state(old: Any, new: Any) -> Any:
+    """Copy tensors of ``new`` into ``old`` in place (so views stay valid); return the result."""
+    if isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor):
+        with torch.no_grad():
+            old.copy_(new)
+        return old
+    if isinstance(old, tuple) and isinstance(new, tuple) and len(old) == len(new):
+        return tuple(_assign_state(o, n) for o, n in zip(old, new))
+    return new
+
+
+def reset_(tree: Any) -> None:
+    """Zero the stored state (momenta, counters) of every Leaf below ``tree``, keeping rules.
+
+    Also resets a :class:`~fluxtrain.schedules.Stateful` schedule.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> st = ft.setup(ft.Momentum(), torch.zeros(1))
+        >>> st.state += 1; ft.reset_(st); st.state
+        tensor([0.])
+    """
+    if hasattr(tree, "_reset_"):
+        tree._reset_()
+        return
+    for leaf in leaves(tree):
+        shape, dtype, device = leaf._like
+        template = torch.zeros(shape, dtype=dtype, device=device)
+        leaf.state = _assign_state(leaf.state, leaf.rule.init(template))
