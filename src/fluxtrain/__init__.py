@@ -4,25 +4,29 @@ Everything is importable from the top level::
 
     import fluxtrain as ft
     opt_state = ft.setup(ft.Adam(), model)
+
+Each module below owns one concept and lists its public names in ``__all__``; this file only
+gathers them.
 """
 
 from . import tree
-from .gradient import gradient, pullback, withgradient
+from .gradient import *  # noqa: F403
 from .optimisers import *  # noqa: F403
-from .optimisers import __all__ as _optimisers_all
 from .tree import KeyPath, Node, fmap, layer, trainables
+from .layers import *  # noqa: F403
+from .device import *  # noqa: F403
+from .encoding import *  # noqa: F403
+from . import losses
+from .data import *  # noqa: F403
+from .datasets import *  # noqa: F403
+from .schedules import *  # noqa: F403
+from .optimisers.scheduler import *  # noqa: F403
+from .train import *  # noqa: F403
+from .implicit import *  # noqa: F403
+from .learner import *  # noqa: F403
+from . import callbacks
+from .checkpoint import *  # noqa: F403
+from .distributed import *  # noqa: F403
+from .precision import *  # noqa: F403
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "KeyPath",
-    "Node",
-    "fmap",
-    "gradient",
-    "layer",
-    "pullback",
-    "trainables",
-    "tree",
-    "withgradient",
-    *_optimisers_all,
-]

@@ -1,0 +1,3 @@
+"""(module being written)."""
+
+__all__: list[str] = []
