@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .mode import differentiating
-from .tree import Node, children, is_trainable_tensor, make_node, rebuild
+from .tree import children, is_trainable_tensor, make_node, rebuild
 
 __all__ = ["gradient", "pullback", "withgradient"]
 
@@ -212,5 +212,3 @@ def pullback(f: Callable[..., Any], *args: Any) -> tuple[Any, Callable[[Any], tu
         return _backward(inputs, loss, args, seed=dy, retain=True)
 
     return _value(loss, out), back
-
-

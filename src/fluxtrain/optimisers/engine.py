@@ -1,26 +1,58 @@
-"""The update engine: groups the leaves of one ``update_`` call and applies their rules.
+"""The update engine: leaves that can be updated together live in flat buffers.
 
-Leaves that share a rule (equal hyperparameters), dtype, device and scalar state (step counters,
-``beta^t``) form a group; a group is updated together.  The rule maths itself lives in
-:mod:`fluxtrain.optimisers.rules` and is never repeated here.
+Design (see docs/engine.md for the measurements behind it):
 
-Checks that can fail (non-finite gradients for a throwing ClipNorm, the global ClipNorm factor)
-run over every leaf before the first parameter changes, so a failed update leaves everything as
-it was.
+* A **group** is the set of leaves that share a rule (equal hyperparameters), dtype, device,
+  frozen flag and scalar state (step counters, ``beta^t``).  Each group owns contiguous buffers:
+  one for its parameters (every parameter's ``.data`` is re-pointed to a view into it), one for
+  gradients, and one per tensor of the rule's state.  ``Leaf.state`` of a packed leaf is made of
+  views into those buffers, so users and checkpoints still see per-parameter state.
+* One update of a group is one call of the rule's maths on the flat buffers (``rule.apply`` from
+  rules.py, written once per rule), or one of PyTorch's fused kernels where the maths agree
+  (``torch._fused_adam_``, ``_fused_adamw_``, ``_fused_adagrad_``): never a Python loop over
+  parameters per elementwise operation.
+* Gradients reach the group's buffer without a copy when each parameter's ``.grad`` is the view
+  the engine attached (backward accumulates into it in place, as DDP's bucket views do);
+  otherwise they are gathered with one ``torch.cat``.
+* A **plan** (the groups of one state tree) is cached per state tree and rebuilt when a Leaf's
+  rule, frozen flag or state is replaced (``adjust_``, ``freeze_``, ``thaw_``, ``reset_``, a
+  checkpoint load...), when the model object changes, or when a parameter no longer points into
+  its buffer (e.g. after ``model.to(...)``).  Rebuilding re-packs only the groups that changed.
+* Everything that can fail (non-finite gradients for a throwing ClipNorm, the global ClipNorm
+  norm) is checked for every group before the first parameter changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import weakref
 from collections import defaultdict
 from typing import Any
 
 import torch
 
 from ..tree import KeyPath
-from .rules import ClipNorm, NonFiniteGradientError, OptimiserChain, Rule
+from .rules import (
+    AdaGrad,
+    Adam,
+    AdamW,
+    ClipNorm,
+    NonFiniteGradientError,
+    OptimiserChain,
+    Rule,
+    segments,
+)
 
-__all__ = ["Work", "forget", "prepare", "run"]
+__all__ = ["FlatGroup", "Work", "bump", "run", "update_plan"]
+
+# Bumped whenever a Leaf's rule, frozen flag or state is replaced: cached plans then rebuild.
+_VERSION = [0]
+
+
+def bump() -> None:
+    """Invalidate every cached plan (a Leaf was changed from outside the engine)."""
+    _VERSION[0] += 1
 
 
 @dataclasses.dataclass
@@ -34,28 +66,30 @@ class Work:
     dx: torch.Tensor | None = None
 
 
-def prepare(state: Any, model: Any) -> None:
-    """Hook run by ``setup`` once the state exists (the fused engine lays out buffers here)."""
+# ---------------------------------------------------------------------------------------------
+# State structures: nested tuples of tensors and scalars
 
 
-def forget(state: Any) -> None:
-    """Hook run on a copied state, which must not share buffers with its original."""
+def _atoms(state: Any) -> list[Any]:
+    if isinstance(state, tuple):
+        out: list[Any] = []
+        for s in state:
+            out.extend(_atoms(s))
+        return out
+    return [state]
+
+
+def _fill(template: Any, atoms: list[Any], pos: list[int]) -> Any:
+    if isinstance(template, tuple):
+        return tuple(_fill(t, atoms, pos) for t in template)
+    i = pos[0]
+    pos[0] += 1
+    return atoms[i]
 
 
 def _scalars(state: Any) -> tuple:
     """The non-tensor parts of a state (counters, ``beta^t``): leaves in one group share them."""
-    if isinstance(state, torch.Tensor) or state is None:
-        return ()
-    if isinstance(state, tuple):
-        out: tuple = ()
-        for s in state:
-            out += _scalars(s)
-        return out
-    return (state,)
-
-
-def group_key(w: Work) -> tuple:
-    return (w.leaf.rule, w.x.dtype, w.x.device, _scalars(w.leaf.state))
+    return tuple(a for a in _atoms(state) if not isinstance(a, torch.Tensor))
 
 
 def _first_rule(rule: Rule) -> Rule:
@@ -69,7 +103,281 @@ def _throwing_clips(rule: Rule) -> bool:
         return rule.throw and rule.scope == "array"
     if isinstance(rule, OptimiserChain):
         return any(_throwing_clips(r) for r in rule.opts)
+    inner = getattr(rule, "inner_rules", None)
+    if inner is not None:
+        return any(_throwing_clips(r) for r in inner())
     return False
+
+
+def _global_clip(rule: Rule) -> ClipNorm | None:
+    first = _first_rule(rule)
+    if isinstance(first, ClipNorm) and first.scope == "global":
+        return first
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Flat groups
+
+
+class FlatGroup:
+    """Leaves sharing rule, dtype, device, frozen flag and scalar state, in contiguous buffers."""
+
+    def __init__(self, leaves: list[Any], params: list[torch.Tensor]):
+        self.leaves = leaves
+        self.params = params
+        self.rule: Rule = leaves[0].rule
+        self.frozen: bool = leaves[0].frozen
+        self.numels = [p.numel() for p in params]
+        self.shapes = [p.shape for p in params]
+        self.total = sum(self.numels)
+        p0 = params[0]
+        with torch.no_grad():
+            self.x = torch.cat([p.detach().reshape(-1) for p in params]).to(p0.dtype)
+            states = [leaf.state for leaf in leaves]
+            per_leaf = [_atoms(s) for s in states]
+            self.template = states[0]
+            atoms0 = per_leaf[0]
+            self.tensor_pos = [i for i, a in enumerate(atoms0) if isinstance(a, torch.Tensor)]
+            self.buffers: dict[int, torch.Tensor] = {}
+            for i in self.tensor_pos:
+                self.buffers[i] = torch.cat([atoms[i].reshape(-1) for atoms in per_leaf])
+        self.atoms = list(atoms0)  # group-level atoms: flat buffers and shared scalars
+        for i, b in self.buffers.items():
+            self.atoms[i] = b
+        self.g = torch.zeros_like(self.x)
+        self.xviews = self._views(self.x)
+        self.gviews = self._views(self.g)
+        self.sviews = {i: self._views(b) for i, b in self.buffers.items()}
+        for j, (leaf, p) in enumerate(zip(leaves, params)):
+            p.data = self.xviews[j]
+            leaf._flat = (self, j)
+            leaf._state = None
+        self.ptrs = [p.data_ptr() for p in params]
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [v.view(s) for v, s in zip(flat.split(self.numels), self.shapes)]
+
+    def leaf_state(self, j: int) -> Any:
+        atoms = list(self.atoms)
+        for i, views in self.sviews.items():
+            atoms[i] = views[j]
+        return _fill(self.template, atoms, [0])
+
+    def state(self) -> Any:
+        return _fill(self.template, self.atoms, [0])
+
+    def absorb(self, new_state: Any) -> None:
+        """Take the rule's returned state: tensors back into the buffers, scalars as they are."""
+        atoms = _atoms(new_state)
+        for i, a in enumerate(atoms):
+            if i in self.buffers:
+                if a is not self.buffers[i]:
+                    self.buffers[i].copy_(a.reshape(-1))
+            else:
+                self.atoms[i] = a
+
+    def intact(self) -> bool:
+        """True while every parameter still points into this group's buffer."""
+        return [p.data_ptr() for p in self.params] == self.ptrs and all(
+            leaf._flat is not None and leaf._flat[0] is self for leaf in self.leaves
+        )
+
+    def attached_grad(self) -> torch.Tensor | None:
+        """The flat gradient if every ``.grad`` is this group's view; else gather it."""
+        grads = [p.grad for p in self.params]
+        if all(g is v for g, v in zip(grads, self.gviews)):
+            return self.g
+        if any(g is None for g in grads):
+            return None
+        flat = torch.cat([g.reshape(-1) for g in grads]).to(self.x.dtype)
+        self.g.copy_(flat)
+        for p, v in zip(self.params, self.gviews):
+            p.grad = v  # later backward passes accumulate here in place, with no gather
+        return self.g
+
+    def gather(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        torch.cat([g.reshape(-1) for g in grads], out=self.g)
+        return self.g
+
+
+def _group_key(leaf: Any, x: torch.Tensor) -> tuple:
+    return (leaf.rule, x.dtype, x.device, leaf.frozen, _scalars(leaf.state))
+
+
+def _pack(pairs: list[tuple[Any, torch.Tensor]]) -> list[FlatGroup]:
+    """Group (leaf, parameter) pairs and give each group its buffers, reusing intact ones."""
+    by_key: dict[tuple, list[tuple[Any, torch.Tensor]]] = defaultdict(list)
+    for leaf, x in pairs:
+        by_key[_group_key(leaf, x)].append((leaf, x))
+    groups = []
+    for members in by_key.values():
+        leaves = [m[0] for m in members]
+        params = [m[1] for m in members]
+        flat = leaves[0]._flat
+        g = flat[0] if flat is not None else None
+        if (
+            g is not None
+            and len(g.leaves) == len(leaves)
+            and all(a is b for a, b in zip(g.leaves, leaves))
+            and all(a is b for a, b in zip(g.params, params))
+            and g.rule == leaves[0].rule
+            and g.frozen == leaves[0].frozen
+            and g.intact()
+        ):
+            groups.append(g)
+        else:
+            groups.append(FlatGroup(leaves, params))
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans: the groups of one state tree, cached
+
+
+@dataclasses.dataclass
+class _Plan:
+    version: int
+    model_id: int
+    groups: list[FlatGroup]
+
+
+_PLANS: dict[int, _Plan] = {}
+
+
+def _cached(state: Any, model: Any) -> _Plan | None:
+    plan = _PLANS.get(id(state))
+    if plan is None or plan.version != _VERSION[0] or plan.model_id != id(model):
+        return None
+    if not all(g.intact() for g in plan.groups):
+        return None
+    return plan
+
+
+def update_plan(state: Any, model: Any, pairs: Any) -> list[FlatGroup]:
+    """The groups for ``state``/``model``; ``pairs()`` lists (leaf, param) when rebuilding."""
+    plan = _cached(state, model)
+    if plan is not None:
+        return plan.groups
+    with torch.no_grad():
+        groups = _pack(pairs())
+    try:
+        key = id(state)
+        if key not in _PLANS:
+            weakref.finalize(state, _PLANS.pop, key, None)
+        _PLANS[key] = _Plan(_VERSION[0], id(model), groups)
+    except TypeError:
+        pass  # a state that cannot be weakly referenced is simply not cached
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a step
+
+
+def _fused_adam_step(rule: Rule, g: FlatGroup) -> int | None:
+    """The step number t with beta^t == the stored powers, if the fused kernel applies."""
+    if g.x.dtype not in (torch.float32, torch.float64):
+        return None
+    (b1t, b2t) = _scalars(g.state())
+    b1, b2 = rule.beta
+    if not (0 < b1 < 1 and 0 < b2 < 1):
+        return None
+    t = round(math.log(b1t) / math.log(b1))
+    if t < 1 or not (
+        math.isclose(b1**t, b1t, rel_tol=1e-9) and math.isclose(b2**t, b2t, rel_tol=1e-9)
+    ):
+        return None  # beta was adjusted mid-run: the products no longer match a step count
+    return t
+
+
+def _try_fused(g: FlatGroup, dx: torch.Tensor) -> bool:
+    """Update the group with one of PyTorch's fused kernels when the maths agree exactly."""
+    rule = g.rule
+    kind = type(rule)
+    if kind is Adam or (kind is AdamW and rule.couple):
+        t = _fused_adam_step(rule, g)
+        if t is None:
+            return False
+        mt, vt = g.buffers[0], g.buffers[1]
+        step = torch.tensor(float(t), device=g.x.device)
+        kernel = torch._fused_adam_ if kind is Adam else torch._fused_adamw_
+        kernel(
+            [g.x], [dx], [mt], [vt], [], [step],
+            lr=rule.eta, beta1=rule.beta[0], beta2=rule.beta[1],
+            weight_decay=0.0 if kind is Adam else rule.lambd,
+            eps=rule.epsilon, amsgrad=False, maximize=False,
+        )  # fmt: skip
+        b1t, b2t = _scalars(g.state())
+        g.absorb((mt, vt, (b1t * rule.beta[0], b2t * rule.beta[1])))
+        return True
+    if kind is AdaGrad and g.x.dtype in (torch.float32, torch.float64):
+        acc = g.buffers[0]
+        step = torch.tensor(1.0, device=g.x.device)
+        torch._fused_adagrad_(
+            [g.x], [dx], [acc], [step],
+            lr=rule.eta, lr_decay=0.0, weight_decay=0.0, eps=rule.epsilon, maximize=False,
+        )  # fmt: skip
+        return True
+    return False
+
+
+def _step_group(g: FlatGroup, dx: torch.Tensor) -> None:
+    if _try_fused(g, dx):
+        return
+    token = segments.set(tuple(g.numels))
+    try:
+        new_state, upd = g.rule.apply(g.state(), g.x, dx)
+    finally:
+        segments.reset(token)
+    g.absorb(new_state)
+    if upd is not None:
+        g.x.sub_(upd)
+
+
+def _check_finite(g: FlatGroup, dx: torch.Tensor, where: str) -> None:
+    if _throwing_clips(g.rule) and not bool(torch.isfinite(dx).all()):
+        raise NonFiniteGradientError(
+            f"gradient at {where} contains Inf or NaN and its rule has a ClipNorm with "
+            f"throw=True; nothing was updated"
+        )
+
+
+def _apply_global_clips(work: list[tuple[FlatGroup, torch.Tensor, str]]) -> list:
+    by_clip: dict[ClipNorm, list[int]] = defaultdict(list)
+    for i, (g, _, _) in enumerate(work):
+        clip = _global_clip(g.rule)
+        if clip is not None:
+            by_clip[clip].append(i)
+    for clip, idx in by_clip.items():
+        norms = [torch.linalg.vector_norm(work[i][1], clip.p).double() for i in idx]
+        total = float(torch.linalg.vector_norm(torch.stack(norms), clip.p))
+        factor = clip.factor(total, f"the arrays clipped together (first at {work[idx[0]][2]})")
+        if factor != 1.0:
+            for i in idx:
+                g, dx, where = work[i]
+                work[i] = (g, dx * factor, where)
+    return work
+
+
+def step_groups(work: list[tuple[FlatGroup, torch.Tensor, str]]) -> None:
+    """Update each (group, flat gradient, where) after checking all of them."""
+    for g, dx, where in work:
+        _check_finite(g, dx, where)
+    work = _apply_global_clips(work)
+    with torch.no_grad():
+        for g, dx, _ in work:
+            _step_group(g, dx)
+
+
+def _apply_per_leaf(items: list[Work]) -> None:
+    """Reference path for leaves updated without the rest of their group (a partial step)."""
+    with torch.no_grad():
+        for w in items:
+            new_state, upd = w.leaf.rule.apply(w.leaf.state, w.x, w.dx)
+            w.leaf.state = new_state
+            if upd is not None:
+                w.x.sub_(upd)
 
 
 def _gradient(w: Work) -> torch.Tensor:
@@ -81,50 +389,104 @@ def _gradient(w: Work) -> torch.Tensor:
     return g
 
 
-def _global_clip(items: list[Work]) -> None:
-    """Scale the gradients of leaves whose rule starts with ClipNorm(scope='global')."""
-    by_rule: dict[ClipNorm, list[Work]] = defaultdict(list)
-    for w in items:
-        first = _first_rule(w.leaf.rule)
-        if isinstance(first, ClipNorm) and first.scope == "global":
-            by_rule[first].append(w)
-    for clip, ws in by_rule.items():
-        norms = torch._foreach_norm([w.dx for w in ws], clip.p)
-        total = float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), clip.p))
-        where = f"the {len(ws)} arrays clipped together (first at {ws[0].path})"
-        factor = clip.factor(total, where)
-        if factor != 1.0:
-            for w in ws:
-                w.dx = w.dx * factor
-
-
-def run(items: list[Work]) -> None:
-    """Apply every item's rule and update its parameter; all checks come first."""
-    items = [w for w in items if not w.leaf.frozen]
-    if not items:
-        return
-    for w in items:
-        w.dx = _gradient(w)
+def run_items(groups: list[FlatGroup], items: list[Work]) -> None:
+    """Update from explicit gradients: whole groups fused, partially covered groups per leaf."""
+    by_leaf = {id(w.leaf): w for w in items}
+    whole: list[tuple[FlatGroup, torch.Tensor, str]] = []
+    partial: list[Work] = []
+    for g in groups:
+        if g.frozen:
+            continue
+        ws = [by_leaf.get(id(leaf)) for leaf in g.leaves]
+        present = [w for w in ws if w is not None]
+        if not present:
+            continue
+        for w in present:
+            w.dx = _gradient(w)
+        if len(present) == len(ws):
+            whole.append((g, g.gather([w.dx for w in present]), str(present[0].path)))
+        else:
+            partial.extend(present)
+    # Partial groups: checks first, then the per-leaf reference path (rare: None branches).
+    for w in partial:
         if _throwing_clips(w.leaf.rule) and not bool(torch.isfinite(w.dx).all()):
             raise NonFiniteGradientError(
                 f"gradient at {w.path} contains Inf or NaN and its rule has a ClipNorm with "
                 f"throw=True; nothing was updated"
             )
-    _global_clip(items)
+    if partial and any(_global_clip(w.leaf.rule) is not None for w in partial):
+        # global clipping needs every gradient of the call together: use the per-leaf path
+        _run_unpacked(items)
+        return
+    step_groups(whole)
+    _apply_per_leaf(partial)
 
-    groups: dict[tuple, list[Work]] = defaultdict(list)
+
+def run_dot_grad(groups: list[FlatGroup]) -> None:
+    """Update from each parameter's ``.grad`` (zero-copy when they are the engine's views)."""
+    whole: list[tuple[FlatGroup, torch.Tensor, str]] = []
+    partial: list[Work] = []
+    for g in groups:
+        if g.frozen:
+            continue
+        dx = g.attached_grad()
+        if dx is not None:
+            whole.append((g, dx, f"group of {len(g.leaves)} parameters"))
+            continue
+        for leaf, p in zip(g.leaves, g.params):
+            if p.grad is not None:
+                w = Work(leaf, p, [p.grad], KeyPath())
+                w.dx = _gradient(w)
+                partial.append(w)
+    if partial:
+        for w in partial:
+            if _throwing_clips(w.leaf.rule) and not bool(torch.isfinite(w.dx).all()):
+                raise NonFiniteGradientError(
+                    "a gradient contains Inf or NaN and its rule has a ClipNorm with throw=True; "
+                    "nothing was updated"
+                )
+    step_groups(whole)
+    _apply_per_leaf(partial)
+
+
+def _run_unpacked(items: list[Work]) -> None:
+    """Per-leaf reference path with all checks first (also used by tests as the reference)."""
+    items = [w for w in items if not w.leaf.frozen]
     for w in items:
-        groups[group_key(w)].append(w)
+        if w.dx is None:
+            w.dx = _gradient(w)
+        if _throwing_clips(w.leaf.rule) and not bool(torch.isfinite(w.dx).all()):
+            raise NonFiniteGradientError(
+                f"gradient at {w.path} contains Inf or NaN and its rule has a ClipNorm with "
+                f"throw=True; nothing was updated"
+            )
+    by_clip: dict[ClipNorm, list[Work]] = defaultdict(list)
+    for w in items:
+        clip = _global_clip(w.leaf.rule)
+        if clip is not None:
+            by_clip[clip].append(w)
+    for clip, ws in by_clip.items():
+        norms = [torch.linalg.vector_norm(w.dx, clip.p).double() for w in ws]
+        total = float(torch.linalg.vector_norm(torch.stack(norms), clip.p))
+        factor = clip.factor(total, f"the arrays clipped together (first at {ws[0].path})")
+        for w in ws:
+            w.dx = w.dx * factor
+    _apply_per_leaf(items)
+
+
+def run(items: list[Work]) -> None:
+    """Update the given leaves (any collection of them, e.g. the implicit style's Params).
+
+    Leaves are grouped and packed into flat buffers like a state tree's leaves are.
+    """
+    items = [w for w in items if not w.leaf.frozen]
+    if not items:
+        return
     with torch.no_grad():
-        for ws in groups.values():
-            _apply_group(ws)
+        groups = _pack([(w.leaf, w.x) for w in items])
+    run_items(groups, items)
 
 
-def _apply_group(ws: list[Work]) -> None:
-    rule = ws[0].leaf.rule
-    for w in ws:
-        new_state, upd = rule.apply(w.leaf.state, w.x, w.dx)
-        w.leaf.state = new_state
-        if upd is not None:
-            w.x.sub_(upd)
-        w.dx = None
+def run_reference(items: list[Work]) -> None:
+    """The per-tensor reference: each leaf's rule applied to it alone (for tests)."""
+    _run_unpacked(items)

@@ -12,6 +12,7 @@ epsilon placement and initial fills.  Its ``lambda`` field is ``lambd`` here.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import numbers
@@ -44,6 +45,12 @@ __all__ = [
     "SignDecay",
     "WeightDecay",
 ]
+
+# While the engine applies a rule to a flat buffer holding several parameters, this holds their
+# sizes (in order), so that per-array rules (ClipNorm) can act on each parameter separately.
+segments: contextvars.ContextVar[tuple[int, ...] | None] = contextvars.ContextVar(
+    "fluxtrain_segments", default=None
+)
 
 _F16_EPS_FLOOR = float(torch.tensor(1e-7, dtype=torch.float16))
 
@@ -680,8 +687,24 @@ class ClipNorm(Rule):
         if self.scope == "global":
             # The engine scales every gradient by the global factor before the rules run.
             return state, dx
-        lam = self.factor(float(self.norm(dx)), f"array of shape {tuple(x.shape)}")
-        return state, dx * lam
+        sizes = segments.get()
+        if sizes is None or len(sizes) == 1:
+            lam = self.factor(float(self.norm(dx)), f"array of shape {tuple(x.shape)}")
+            return state, dx * lam
+        # A flat buffer of several parameters: one norm per parameter, all at once.
+        parts = dx.split(list(sizes))
+        if self.p in (1.0, 2.0, math.inf):
+            norms = torch.stack(torch._foreach_norm(parts, self.p))
+        else:
+            norms = torch.stack([self.norm(part) for part in parts])
+        if self.throw and not bool(torch.isfinite(norms).all()):
+            bad = int((~torch.isfinite(norms)).nonzero()[0])
+            raise NonFiniteGradientError(
+                f"gradient has {self.p:g}-norm {float(norms[bad])}, for parameter {bad} of its group"
+            )
+        lam = torch.where(norms == 0, torch.ones_like(norms), (self.omega / norms).clamp(max=1))
+        scale = torch.repeat_interleave(lam.to(dx.dtype), torch.tensor(sizes, device=dx.device))
+        return state, dx * scale
 
 
 @_rule

@@ -38,20 +38,55 @@ __all__ = [
 class Leaf:
     """The optimiser state of one trainable tensor: its ``rule``, ``state`` and ``frozen`` flag.
 
+    Once the engine has packed the leaf into a group's flat buffers, ``state`` is made of views
+    into those buffers; replacing ``rule``, ``state`` or ``frozen`` makes the engine regroup.
+
     Example:
         >>> import torch, fluxtrain as ft
         >>> ft.setup(ft.Momentum(0.1), torch.zeros(2))
         Leaf(Momentum(eta=0.1, rho=0.9), tensor([0., 0.]))
     """
 
-    __slots__ = ("__weakref__", "_like", "frozen", "rule", "state")
+    __slots__ = ("__weakref__", "_flat", "_frozen", "_like", "_rule", "_state")
 
     def __init__(self, rule: Rule, state: Any, frozen: bool = False, like: Any = None):
-        self.rule = rule
-        self.state = state
-        self.frozen = frozen
+        self._rule = rule
+        self._state = state
+        self._frozen = frozen
+        self._flat: tuple[Any, int] | None = None  # (engine group, index) once packed
         # (shape, dtype, device) of the parameter, so that reset_ can rebuild the state.
         self._like = like
+
+    @property
+    def rule(self) -> Rule:
+        return self._rule
+
+    @rule.setter
+    def rule(self, value: Rule) -> None:
+        self._rule = value
+        engine.bump()
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        self._frozen = bool(value)
+        engine.bump()
+
+    @property
+    def state(self) -> Any:
+        if self._flat is not None:
+            group, j = self._flat
+            return group.leaf_state(j)
+        return self._state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._flat = None
+        self._state = value
+        engine.bump()
 
     def __repr__(self) -> str:
         extra = ", frozen=True" if self.frozen else ""
@@ -159,9 +194,7 @@ def setup(rule: Rule, model: Any) -> Any:
             return None
         return make_node(node, {k: (None if v is None else build(v)) for k, v in ch.items()})
 
-    state = build(unwrap(model))
-    engine.prepare(state, unwrap(model))
-    return state
+    return build(unwrap(model))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +220,10 @@ def _same_key(a: Any, b: Any) -> bool:
 
 
 def _collect(state: Any, model: Any, grads: Any, use_dot_grad: bool) -> list[engine.Work]:
-    """Walk state, model and gradient in parallel; return the work, mutating nothing."""
+    """Walk state, model and gradient in parallel; return the work, mutating nothing.
+
+    With ``use_dot_grad`` every Leaf is listed (gradients are read later, from ``.grad``).
+    """
     work: dict[int, engine.Work] = {}
 
     def walk(st: Any, x: Any, g: Any, path: KeyPath) -> None:
@@ -199,28 +235,28 @@ def _collect(state: Any, model: Any, grads: Any, use_dot_grad: bool) -> list[eng
                     f"the state has a Leaf at {path} but the model has {type(x).__name__} there"
                 )
             if use_dot_grad:
-                g = x.grad
-            if g is None:
+                g = None
+            elif g is None:
                 return
-            if not isinstance(g, torch.Tensor):
+            if g is not None and not isinstance(g, torch.Tensor):
                 raise GradientMismatchError(
                     f"gradient at {path} should be a tensor of shape {tuple(x.shape)}, "
                     f"got {type(g).__name__}"
                 )
-            if g.shape != x.shape:
+            if g is not None and g.shape != x.shape:
                 raise GradientMismatchError(
                     f"gradient at {path} has shape {tuple(g.shape)} but the parameter has "
                     f"shape {tuple(x.shape)}"
                 )
             item = work.get(id(st))
             if item is None:
-                work[id(st)] = engine.Work(st, x, [g], path)
+                work[id(st)] = engine.Work(st, x, [] if g is None else [g], path)
             elif item.x is not x:
                 raise GradientMismatchError(
                     f"the Leaf at {path} is shared with {item.path}, but the model has different "
                     f"tensors there: was the state set up for another model?"
                 )
-            elif all(g is not h for h in item.grads):
+            elif g is not None and all(g is not h for h in item.grads):
                 item.grads.append(g)  # tied parameter: gradients are summed
             return
         if isinstance(g, torch.Tensor):
@@ -288,8 +324,15 @@ def update_(state: Any, model: Any, grads: Any = None) -> tuple[Any, Any]:
             "call opt_state = ft.setup(rule, model) once before training"
         )
     model = unwrap(model)
-    items = _collect(state, model, grads, use_dot_grad=grads is None)
-    engine.run(items)
+
+    def pairs() -> list:
+        return [(w.leaf, w.x) for w in _collect(state, model, None, use_dot_grad=True)]
+
+    if grads is None:
+        engine.run_dot_grad(engine.update_plan(state, model, pairs))
+    else:
+        items = _collect(state, model, grads, use_dot_grad=False)  # validates; mutates nothing
+        engine.run_items(engine.update_plan(state, model, pairs), items)
     return state, model
 
 
@@ -308,7 +351,6 @@ def update(state: Any, model: Any, grads: Any = None) -> tuple[Any, Any]:
     model = unwrap(model)
     new_model = copy.deepcopy(model, memo)
     new_state = copy.deepcopy(state, memo)
-    engine.forget(new_state)
     if grads is None:
         grads = _grads_of(model)
     update_(new_state, new_model, grads)
@@ -370,7 +412,9 @@ def adjust_(tree: Any, eta: float | None = None, **hyper: Any) -> None:
         0.01
     """
     if isinstance(tree, Rule):
-        raise TypeError("adjust_ changes a state tree in place; for a rule use ft.adjust(rule, ...)")
+        raise TypeError(
+            "adjust_ changes a state tree in place; for a rule use ft.adjust(rule, ...)"
+        )
     changes = _changes(eta, hyper)
     found = list(leaves(tree))
     if not found:
@@ -404,7 +448,6 @@ def adjust(tree_or_rule: Any, eta: float | None = None, **hyper: Any) -> Any:
             raise _unknown_error(unknown, [tree_or_rule])
         return r
     new = copy.deepcopy(tree_or_rule)
-    engine.forget(new)
     adjust_(new, eta, **hyper)
     return new
 
