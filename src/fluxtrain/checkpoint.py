@@ -1,3 +1,820 @@
-"""(module being written)."""
+"""Checkpoints: ``ft.save`` / ``ft.load`` of a model, its optimiser state and anything else.
 
-__all__: list[str] = []
+A checkpoint is ONE file in the `safetensors <https://huggingface.co/docs/safetensors>`_ format:
+the tensors (parameters, buffers, optimiser momenta, RNG states, tensor extras) are its tensors,
+and everything else (rules with their hyperparameters, frozen flags, counters such as
+``beta^t``, schedule positions, JSON-able extras) is JSON in its header metadata.  Any safetensors
+reader can open the file; nothing in it is ever unpickled, and classes are restored only from
+fluxtrain's own registry (its rules and schedule dataclasses, plus classes registered with
+:func:`register_checkpoint_class`), never imported by name.
+
+Tensors are keyed by tree path (``layers.enc.weight``), not by position, so a model whose modules
+were defined in another order loads correctly, and a missing or extra key, or a shape or dtype
+mismatch, is an error naming the path.  A model wrapped in ``DistributedDataParallel`` (or
+``torch.compile``) is saved and loaded through the inner model: keys carry no ``module.`` prefix.
+
+Writes are atomic: the file is written under a temporary name in the same directory, flushed to
+disk, renamed over the target and the directory synced, so a crash during ``save`` leaves the
+previous checkpoint intact.  Loading validates everything (checksums, paths, shapes, dtypes,
+rules) before it changes anything, so a failed load leaves the model and state as they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import struct
+import sys
+import tempfile
+import warnings
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .distributed import is_main_process
+from .optimisers.rules import Rule
+from .optimisers.state import Leaf, unwrap
+from .tree import KeyPath, Node, children
+
+__all__ = ["CheckpointError", "LoadResult", "load", "register_checkpoint_class", "save"]
+
+_FORMAT = "fluxtrain-checkpoint"
+_VERSION = 1
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+# safetensors dtype codes (https://github.com/huggingface/safetensors, format description)
+_DTYPE_CODES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.complex64: "C64",
+}
+for _name, _code in (
+    ("float8_e4m3fn", "F8_E4M3"),
+    ("float8_e5m2", "F8_E5M2"),
+    ("uint16", "U16"),
+    ("uint32", "U32"),
+    ("uint64", "U64"),
+):
+    if hasattr(torch, _name):
+        _DTYPE_CODES[getattr(torch, _name)] = _code
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or read, or does not fit the model; the message says
+    which file and which tree path."""
+
+
+class LoadResult(dict):
+    """The extras stored in a checkpoint (what :func:`load` returns), a plain ``dict`` plus
+    ``.skipped``: the paths that ``strict=False`` did not load, each with the reason."""
+
+    def __init__(self, *args: Any, skipped: list[str] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.skipped: list[str] = list(skipped or [])
+
+
+# ---------------------------------------------------------------------------------------------
+# Class registry: the only classes a checkpoint can name
+
+_REGISTERED: dict[str, type] = {}
+
+
+def register_checkpoint_class(cls: type) -> type:
+    """Allow checkpoints to store and restore instances of ``cls`` (a dataclass or a Rule).
+
+    fluxtrain's own rules and schedules are registered already; register your own rule classes
+    (usable as a decorator).  Instances are stored as class name plus dataclass fields and
+    rebuilt with ``cls(**fields)``: loading never imports anything.
+
+    Example:
+        >>> import dataclasses, fluxtrain as ft
+        >>> @ft.register_checkpoint_class
+        ... @dataclasses.dataclass(frozen=True)
+        ... class Halve(ft.Rule):
+        ...     def apply(self, state, x, dx):
+        ...         return state, dx / 2
+        >>> Halve.__name__ in ft.checkpoint._registry()
+        True
+    """
+    if not isinstance(cls, type) or not dataclasses.is_dataclass(cls):
+        raise TypeError(
+            f"register_checkpoint_class needs a dataclass (such as a Rule), got {cls!r}"
+        )
+    _REGISTERED[_class_name(cls)] = cls
+    return cls
+
+
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _registry() -> dict[str, type]:
+    """Every restorable class by qualified name, and by short name where that is unique."""
+    found: dict[str, type] = {}
+    for modname, mod in list(sys.modules.items()):
+        if mod is None or not (modname == "fluxtrain" or modname.startswith("fluxtrain.")):
+            continue
+        for obj in list(vars(mod).values()):
+            if (
+                isinstance(obj, type)
+                and obj.__module__ == modname
+                and (dataclasses.is_dataclass(obj) or issubclass(obj, Rule))
+            ):
+                found[_class_name(obj)] = obj
+    found.update(_REGISTERED)
+    short: dict[str, list[type]] = {}
+    for cls in set(found.values()):
+        short.setdefault(cls.__qualname__, []).append(cls)
+    out = dict(found)
+    for name, classes in short.items():
+        if len(classes) == 1:
+            out.setdefault(name, classes[0])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding values as JSON plus tensors
+
+
+class _Writer:
+    """Collects the tensors of a checkpoint under unique names while values are encoded."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.index: dict[int, str] = {}  # id(tensor) -> name: a tensor stored twice is one entry
+
+    def add(self, name: str, t: torch.Tensor) -> str:
+        key = id(t)
+        if key in self.index:
+            return self.index[key]
+        if t.dtype not in _DTYPE_CODES:
+            raise CheckpointError(f"cannot store a tensor of dtype {t.dtype} (at {name})")
+        if name in self.tensors:
+            raise CheckpointError(
+                f"two different entries are both called {name!r}: rename a child whose key "
+                f"contains a '.' so that tree paths are unique"
+            )
+        self.tensors[name] = t
+        self.index[key] = name
+        return name
+
+
+def _encode(v: Any, where: str, w: _Writer) -> Any:
+    """``v`` as JSON, with tensors stored in ``w``; ``where`` names it in errors."""
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, (int, float)):
+        return v
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, torch.Tensor):
+        return {"__tensor__": w.add(where, v)}
+    if isinstance(v, np.ndarray):
+        return {"__ndarray__": w.add(where, torch.from_numpy(np.ascontiguousarray(v)))}
+    if isinstance(v, torch.dtype):
+        return {"__dtype__": str(v).removeprefix("torch.")}
+    if isinstance(v, type):
+        if _class_name(v) not in _registry():
+            raise CheckpointError(
+                f"cannot save the class {v.__qualname__} at {where}: "
+                f"register it with ft.register_checkpoint_class"
+            )
+        return {"__class__": _class_name(v)}
+    if isinstance(v, tuple) and not hasattr(type(v), "_fields"):
+        return {"__tuple__": [_encode(x, f"{where}.{i}", w) for i, x in enumerate(v)]}
+    if isinstance(v, list):
+        return [_encode(x, f"{where}.{i}", w) for i, x in enumerate(v)]
+    if isinstance(v, Mapping):
+        items = []
+        for k, x in v.items():
+            if not (k is None or isinstance(k, (str, int, float, bool))):
+                raise CheckpointError(
+                    f"cannot save a dict key {k!r} at {where}: keys must be "
+                    f"str, int, float, bool or None"
+                )
+            items.append([k, _encode(x, f"{where}.{k}", w)])
+        return {"__dict__": items}
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        cls = type(v)
+        if _class_name(cls) not in _registry():
+            raise CheckpointError(
+                f"cannot save {cls.__qualname__} at {where}: only fluxtrain's classes and "
+                f"classes registered with ft.register_checkpoint_class can be stored"
+            )
+        fields = {
+            f.name: _encode(getattr(v, f.name), f"{where}.{f.name}", w)
+            for f in dataclasses.fields(v)
+        }
+        return {"__object__": _class_name(cls), "fields": fields}
+    if hasattr(v, "state_dict") and callable(v.state_dict) and not isinstance(v, torch.nn.Module):
+        return {"__state_dict__": _encode(v.state_dict(), where, w)}
+    raise CheckpointError(
+        f"cannot save {type(v).__name__} at {where}: a checkpoint holds tensors, numbers, "
+        f"strings, None, lists/tuples/dicts of these, rules and objects with state_dict()"
+    )
+
+
+class _Reader:
+    def __init__(self, tensors: Mapping[str, torch.Tensor], file: str) -> None:
+        self.tensors = tensors
+        self.file = file
+        self.registry = _registry()
+
+    def error(self, msg: str) -> CheckpointError:
+        return CheckpointError(f"{self.file}: {msg}")
+
+
+def _decode(v: Any, where: str, r: _Reader) -> Any:
+    if v is None or isinstance(v, (bool, str, int, float)):
+        return v
+    if isinstance(v, list):
+        return [_decode(x, f"{where}.{i}", r) for i, x in enumerate(v)]
+    if not isinstance(v, dict) or len(v) not in (1, 2):
+        raise r.error(f"malformed entry at {where}")
+    if "__tensor__" in v or "__ndarray__" in v:
+        name = v.get("__tensor__", v.get("__ndarray__"))
+        if name not in r.tensors:
+            raise r.error(f"entry at {where} refers to a missing tensor {name!r}")
+        t = r.tensors[name]
+        return t.numpy() if "__ndarray__" in v else t
+    if "__dtype__" in v:
+        dt = getattr(torch, str(v["__dtype__"]), None)
+        if not isinstance(dt, torch.dtype):
+            raise r.error(f"unknown dtype {v['__dtype__']!r} at {where}")
+        return dt
+    if "__class__" in v:
+        return _lookup_class(v["__class__"], where, r)
+    if "__tuple__" in v:
+        return tuple(_decode(x, f"{where}.{i}", r) for i, x in enumerate(v["__tuple__"]))
+    if "__dict__" in v:
+        out = {}
+        for item in v["__dict__"]:
+            if not (isinstance(item, list) and len(item) == 2):
+                raise r.error(f"malformed dict entry at {where}")
+            k, x = item
+            out[k] = _decode(x, f"{where}.{k}", r)
+        return out
+    if "__state_dict__" in v:
+        return _decode(v["__state_dict__"], where, r)
+    if "__object__" in v:
+        cls = _lookup_class(v["__object__"], where, r)
+        fields = v.get("fields")
+        if not isinstance(fields, dict):
+            raise r.error(f"malformed object at {where}")
+        values = {k: _decode(x, f"{where}.{k}", r) for k, x in fields.items()}
+        return _construct(cls, values, where, r)
+    raise r.error(f"malformed entry at {where}: {sorted(v)}")
+
+
+def _lookup_class(name: Any, where: str, r: _Reader) -> type:
+    if not isinstance(name, str) or name not in r.registry:
+        raise r.error(
+            f"the class {name!r} at {where} is not one of fluxtrain's classes nor registered "
+            f"with ft.register_checkpoint_class; nothing is imported from a checkpoint"
+        )
+    return r.registry[name]
+
+
+def _construct(cls: type, values: dict[str, Any], where: str, r: _Reader) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise r.error(f"{cls.__qualname__} at {where} has no field(s) {sorted(unknown)}")
+    init = {k: x for k, x in values.items() if fields[k].init}
+    try:
+        obj = cls(**init)
+        for k, x in values.items():
+            if not fields[k].init:
+                object.__setattr__(obj, k, x)
+    except (TypeError, ValueError) as e:
+        raise r.error(f"cannot rebuild {cls.__qualname__} at {where}: {e}") from None
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking the model and the optimiser state
+
+
+def _model_tensors(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the model (parameters and persistent buffers) with its path string.
+
+    Tied tensors appear once per path; the caller stores their data once.
+    """
+
+    def walk(node: Any, path: KeyPath) -> Iterator[tuple[str, torch.Tensor]]:
+        if isinstance(node, torch.Tensor):
+            yield str(path), node
+            return
+        ch = children(node)
+        if ch is None:
+            return
+        skip = getattr(node, "_non_persistent_buffers_set", ())
+        for k, v in ch.items():
+            if k in skip:
+                continue
+            yield from walk(v, path + (k,))
+
+    seen_paths: set[str] = set()
+    for p, t in walk(unwrap(model), KeyPath()):
+        if p in seen_paths:
+            raise CheckpointError(
+                f"two entries of the model have the same path {p!r}: rename a child whose key "
+                f"contains a '.'"
+            )
+        seen_paths.add(p)
+        yield p, t
+
+
+def _state_leaves(state: Any) -> Iterator[tuple[str, Leaf]]:
+    """Every Leaf of an optimiser-state tree with its path string (tied ones at each path)."""
+
+    def walk(node: Any, path: KeyPath) -> Iterator[tuple[str, Leaf]]:
+        if isinstance(node, Leaf):
+            yield str(path), node
+            return
+        if isinstance(node, (Node, Mapping, list, tuple)):
+            for k, v in children(node).items():
+                yield from walk(v, path + (k,))
+
+    return walk(state, KeyPath())
+
+
+def _signature(x: Any) -> Any:
+    """The structure of a Leaf state: tensors as (shape, dtype), numbers as their kind."""
+    if isinstance(x, torch.Tensor):
+        return ("tensor", tuple(x.shape), x.dtype)
+    if isinstance(x, (tuple, list)):
+        return (type(x).__name__, tuple(_signature(s) for s in x))
+    if x is None:
+        return None
+    if isinstance(x, (bool, int, float)):
+        return "number"
+    return type(x).__name__
+
+
+def _describe(sig: Any) -> str:
+    if isinstance(sig, tuple) and sig and sig[0] == "tensor":
+        return f"tensor{list(sig[1])} {str(sig[2]).removeprefix('torch.')}"
+    if isinstance(sig, tuple) and sig and sig[0] in ("tuple", "list"):
+        return "(" + ", ".join(_describe(s) for s in sig[1]) + ")"
+    return str(sig)
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, copy=True)
+    if isinstance(x, tuple):
+        return tuple(_to_device(s, device) for s in x)
+    if isinstance(x, list):
+        return [_to_device(s, device) for s in x]
+    return x
+
+
+def _assign(old: Any, new: Any) -> Any:
+    """``new`` written into ``old``'s tensors in place (views into fused buffers stay valid)."""
+    if isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor):
+        old.copy_(new)
+        return old
+    if isinstance(old, (tuple, list)) and isinstance(new, (tuple, list)):
+        return type(new)(_assign(o, n) for o, n in zip(old, new))
+    return new
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states
+
+
+def _rng_state() -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_state(st: Mapping[str, Any]) -> None:
+    if "torch" in st:
+        torch.set_rng_state(st["torch"])
+    if "numpy" in st:
+        np.random.set_state(tuple(st["numpy"]))
+    if "python" in st:
+        version, internal, gauss = st["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "cuda" in st and torch.cuda.is_available():
+        states = list(st["cuda"])[: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(states)
+
+
+# ---------------------------------------------------------------------------------------------
+# The file format: safetensors with our JSON in its metadata
+
+
+def _header_digest(structure: str, index: Mapping[str, Any]) -> str:
+    entries = sorted((k, v["dtype"], list(v["shape"])) for k, v in index.items())
+    payload = json.dumps([structure, entries], separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def _write_all(f: Any, chunks: Iterator[bytes | memoryview]) -> None:
+    """Write the chunks to the open file ``f`` (a seam the crash test interrupts)."""
+    for c in chunks:
+        f.write(c)
+
+
+def _fsync_dir(directory: str) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, structure: str, tensors: dict[str, torch.Tensor]) -> None:
+    names = sorted(tensors)
+    index: dict[str, Any] = {}
+    offset = 0
+    crc = 0
+    data: list[memoryview] = []
+    for name in names:
+        t = tensors[name]
+        b = _tensor_bytes(t)
+        crc = zlib.crc32(b, crc)
+        data.append(b)
+        index[name] = {
+            "dtype": _DTYPE_CODES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + b.nbytes],
+        }
+        offset += b.nbytes
+    header = dict(index)
+    header["__metadata__"] = {
+        "format": _FORMAT,
+        "fluxtrain": structure,
+        "fluxtrain_sha256": _header_digest(structure, index),
+        "fluxtrain_data_crc32": str(crc),
+    }
+    hbytes = json.dumps(header, separators=(",", ":")).encode()
+    hbytes += b" " * (-len(hbytes) % 8)  # safetensors aligns the data on 8 bytes
+
+    directory = str(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_all(f, iter([struct.pack("<Q", len(hbytes)), hbytes, *data]))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Parse and verify a checkpoint file; return its structure JSON and its tensors."""
+    where = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint at {where}") from None
+    if raw[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or raw[:4] == b"PK\x03\x04":
+        raise CheckpointError(
+            f"{where} is a pickle / torch.save file, not a fluxtrain checkpoint; it was not "
+            f"opened, because unpickling can run arbitrary code"
+        )
+    if len(raw) < 8:
+        raise CheckpointError(f"{where} is truncated or empty ({len(raw)} bytes)")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if n > _MAX_HEADER:
+        raise CheckpointError(f"{where} is not a checkpoint: its header length {n} is implausible")
+    if 8 + n > len(raw):
+        raise CheckpointError(
+            f"{where} is truncated: the header needs {n} bytes but the file has {len(raw) - 8}"
+        )
+    try:
+        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{where} has a damaged header (not valid JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{where} has a damaged header (not a JSON object)")
+    meta = header.pop("__metadata__", None)
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT or "fluxtrain" not in meta:
+        raise CheckpointError(f"{where} is a safetensors file but not a fluxtrain checkpoint")
+    structure_json = meta["fluxtrain"]
+    try:
+        digest = _header_digest(structure_json, header)
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{where} has a damaged header (bad tensor index)") from None
+    if digest != meta.get("fluxtrain_sha256"):
+        raise CheckpointError(
+            f"{where} has a damaged or tampered header: its checksum does not match its content"
+        )
+    data = memoryview(raw)[8 + n :]
+    try:
+        expected = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CheckpointError(f"{where} has a damaged header (bad tensor offsets)") from None
+    if len(data) < expected:
+        raise CheckpointError(
+            f"{where} is truncated: {expected} bytes of tensor data expected, {len(data)} found"
+        )
+    if str(zlib.crc32(data)) != meta.get("fluxtrain_data_crc32"):
+        raise CheckpointError(f"{where} is damaged: the tensor data does not match its checksum")
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    try:
+        tensors = st_load(raw)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{where} is not a valid safetensors file: {e}") from None
+    try:
+        structure = json.loads(structure_json)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{where} has a damaged header (structure: {e})") from None
+    if not isinstance(structure, dict) or structure.get("version") != _VERSION:
+        raise CheckpointError(f"{where}: unsupported checkpoint version")
+    return structure, tensors
+
+
+# ---------------------------------------------------------------------------------------------
+# save
+
+
+def save(
+    path: str | os.PathLike,
+    *,
+    model: Any = None,
+    opt_state: Any = None,
+    rank0_only: bool = True,
+    **extra: Any,
+) -> Path | None:
+    """Write a checkpoint of ``model``, ``opt_state`` and ``extra`` values to one file, atomically.
+
+    Stored: every tensor of the model (parameters and buffers, by tree path), every optimiser
+    Leaf (its rule with hyperparameters, frozen flag, and state: momenta, counters such as
+    ``(beta1^t, beta2^t)``, schedule positions), the RNG states of torch, NumPy and ``random``,
+    and each extra: tensors, numbers, strings, ``None``, nested lists/tuples/dicts of these,
+    rules and schedules, and objects with ``state_dict()`` (a ``DataLoader``: its order).
+    The file is written next to ``path`` and renamed over it, so a crash leaves the previous
+    checkpoint intact.  In a multi-process run only rank 0 writes (``rank0_only=False``: every
+    rank, e.g. to per-rank paths); the others return ``None``.
+
+    Example:
+        >>> import torch, tempfile, os, fluxtrain as ft
+        >>> model = torch.nn.Linear(2, 1)
+        >>> st = ft.setup(ft.Adam(0.01), model)
+        >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.safetensors")
+        >>> _ = ft.save(path, model=model, opt_state=st, epoch=3)
+        >>> ft.load(path, model=model, opt_state=st)
+        {'epoch': 3}
+    """
+    if rank0_only and not is_main_process():
+        return None
+    path = Path(path)
+    for name in ("rng",):
+        if name in extra:
+            raise CheckpointError(f"the extra name {name!r} is reserved by fluxtrain")
+    w = _Writer()
+    structure: dict[str, Any] = {"format": _FORMAT, "version": _VERSION}
+
+    if model is not None:
+        entries: dict[str, str] = {}
+        for p, t in _model_tensors(model):
+            entries[p] = w.add(f"model/{p}", t)
+        structure["model"] = entries
+
+    if opt_state is not None:
+        leaves: dict[str, Any] = {}
+        first_path: dict[int, str] = {}
+        for p, leaf in _state_leaves(opt_state):
+            if id(leaf) in first_path:
+                leaves[p] = {"same_as": first_path[id(leaf)]}
+                continue
+            first_path[id(leaf)] = p
+            like = leaf._like
+            leaves[p] = {
+                "rule": _encode(leaf.rule, f"opt_state.{p}.rule", w),
+                "frozen": bool(leaf.frozen),
+                "state": _encode(leaf.state, f"opt/{p}", w),
+                "like": None
+                if like is None
+                else [list(like[0]), str(like[1]).removeprefix("torch.")],
+            }
+        structure["opt_state"] = leaves
+        if isinstance(opt_state, Leaf):
+            structure["opt_state_root"] = True
+
+    structure["rng"] = _encode(_rng_state(), "rng", w)
+    structure["extra"] = {k: _encode(v, f"extra/{k}", w) for k, v in extra.items()}
+    _write_file(path, json.dumps(structure, allow_nan=True), w.tensors)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# load
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    model: Any = None,
+    opt_state: Any = None,
+    strict: bool = True,
+    restore_rng: bool = True,
+    **targets: Any,
+) -> LoadResult:
+    """Load a checkpoint written by :func:`save` into ``model`` and ``opt_state`` in place.
+
+    Returns the extras as a dict (tensors on the CPU).  An extra whose name is also passed here
+    as an object with ``load_state_dict`` (``data=loader``) is loaded into that object.
+    Parameters and buffers are matched by tree path, so module order does not matter; a missing
+    or extra path, or a shape or dtype mismatch, raises :class:`CheckpointError` naming it.
+    With ``strict=False`` whatever fits is loaded and the rest is listed in the result's
+    ``.skipped`` (and warned about).  The optimiser state gets the checkpoint's rules (with their
+    hyperparameters), frozen flags and state, even if it was set up with another rule.  RNG
+    states are restored unless ``restore_rng=False``.  Everything is checked before anything
+    changes, so a failed load leaves model and state as they were.  Nothing is unpickled.
+
+    Example:
+        >>> import torch, tempfile, os, fluxtrain as ft
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+        >>> _ = ft.save(path, model={"w": torch.tensor([1.0, 2.0])})
+        >>> m = {"w": torch.zeros(2)}
+        >>> _ = ft.load(path, model=m); m["w"]
+        tensor([1., 2.])
+    """
+    path = Path(path)
+    structure, tensors = _read_file(path)
+    r = _Reader(tensors, str(path))
+    skipped: list[str] = []
+    copies: list[Callable[[], None]] = []
+
+    def problem(msg: str) -> None:
+        if strict:
+            raise r.error(msg)
+        skipped.append(msg)
+
+    if model is not None:
+        _plan_model(model, structure, r, problem, copies)
+    if opt_state is not None:
+        _plan_opt_state(opt_state, model, structure, r, problem, copies)
+
+    extras_raw = structure.get("extra", {})
+    if not isinstance(extras_raw, dict):
+        raise r.error("malformed extras")
+    extras = {k: _decode(v, f"extra.{k}", r) for k, v in extras_raw.items()}
+    for name, obj in targets.items():
+        if name not in extras:
+            problem(f"the checkpoint has no extra {name!r} to load into {type(obj).__name__}")
+            continue
+        if not hasattr(obj, "load_state_dict"):
+            raise TypeError(
+                f"load: {name}= must be an object with load_state_dict(), got {type(obj).__name__}"
+            )
+        copies.append(lambda obj=obj, sd=extras[name]: obj.load_state_dict(sd))
+    rng = _decode(structure["rng"], "rng", r) if restore_rng and "rng" in structure else None
+
+    # Everything was checked: now change things.
+    with torch.no_grad():
+        for c in copies:
+            c()
+    if rng is not None:
+        _set_rng_state(rng)
+    if skipped:
+        warnings.warn(
+            f"load({path.name}, strict=False) skipped {len(skipped)} entries: "
+            + "; ".join(skipped[:5])
+            + (" ..." if len(skipped) > 5 else ""),
+            stacklevel=2,
+        )
+    return LoadResult(extras, skipped=skipped)
+
+
+def _plan_model(model, structure, r, problem, copies) -> None:
+    saved = structure.get("model")
+    if not isinstance(saved, dict):
+        problem("the checkpoint has no model")
+        return
+    present = dict(_model_tensors(model))
+    for p, t in present.items():
+        if p not in saved:
+            problem(f"the model has {p} but the checkpoint does not")
+            continue
+        src = r.tensors.get(saved[p])
+        if src is None:
+            raise r.error(f"model entry {p} refers to a missing tensor")
+        if tuple(src.shape) != tuple(t.shape):
+            problem(f"shape mismatch at {p}: checkpoint {list(src.shape)}, model {list(t.shape)}")
+            continue
+        if src.dtype != t.dtype:
+            problem(f"dtype mismatch at {p}: checkpoint {src.dtype}, model {t.dtype}")
+            continue
+        copies.append(lambda t=t, src=src: t.copy_(src))
+    for p in saved:
+        if p not in present:
+            problem(f"the checkpoint has {p} but the model does not")
+
+
+def _plan_opt_state(opt_state, model, structure, r, problem, copies) -> None:
+    saved = structure.get("opt_state")
+    if not isinstance(saved, dict):
+        problem("the checkpoint has no optimiser state")
+        return
+    present = list(_state_leaves(opt_state))
+    present_paths = {p for p, _ in present}
+    params = dict(_model_tensors(model)) if model is not None else {}
+    decoded: dict[str, tuple[Rule, bool, Any]] = {}
+    done: set[int] = set()
+    for p, leaf in present:
+        if p not in saved:
+            problem(f"the optimiser state has a Leaf at {p} but the checkpoint does not")
+            continue
+        entry = saved[p]
+        if not isinstance(entry, dict):
+            raise r.error(f"malformed optimiser entry at {p}")
+        if "same_as" in entry:
+            entry = saved.get(entry["same_as"])
+            if not isinstance(entry, dict) or "rule" not in entry:
+                raise r.error(f"malformed tied optimiser entry at {p}")
+        if id(leaf) in done:
+            continue
+        if p not in decoded:
+            rule = _decode(entry.get("rule"), f"opt_state.{p}.rule", r)
+            if not isinstance(rule, Rule):
+                raise r.error(f"the optimiser entry at {p} has no rule")
+            state = _decode(entry.get("state"), f"opt_state.{p}.state", r)
+            decoded[p] = (rule, bool(entry.get("frozen", False)), state)
+        rule, frozen, state = decoded[p]
+
+        like = leaf._like
+        if like is None and p in params:
+            x = params[p]
+            like = (x.shape, x.dtype, x.device)
+        saved_like = entry.get("like")
+        if like is not None and saved_like is not None:
+            shape, dtype = list(saved_like[0]), saved_like[1]
+            if shape != list(like[0]) or dtype != str(like[1]).removeprefix("torch."):
+                problem(
+                    f"the optimiser state at {p} is for a parameter of shape {shape} and dtype "
+                    f"{dtype}, but the parameter there has shape {list(like[0])} and dtype "
+                    f"{str(like[1]).removeprefix('torch.')}"
+                )
+                continue
+        if like is not None:
+            try:
+                expected = rule.init(torch.empty(tuple(like[0]), dtype=like[1], device="meta"))
+            except Exception:  # a rule that cannot init on meta tensors: trust the file
+                expected = state
+            if _signature(expected) != _signature(state):
+                problem(
+                    f"the optimiser state at {p} does not fit {type(rule).__name__} for this "
+                    f"parameter: expected {_describe(_signature(expected))}, "
+                    f"found {_describe(_signature(state))}"
+                )
+                continue
+        done.add(id(leaf))
+        in_place = _signature(leaf.state) == _signature(state)
+        device = like[2] if like is not None else torch.device("cpu")
+
+        def apply(
+            leaf=leaf, rule=rule, frozen=frozen, state=state, in_place=in_place, device=device
+        ):
+            leaf.rule = rule
+            leaf.frozen = frozen
+            if in_place:
+                leaf.state = _assign(leaf.state, state)
+            else:
+                leaf.state = _to_device(state, device)
+
+        copies.append(apply)
+    for p in saved:
+        if p not in present_paths:
+            problem(f"the checkpoint has optimiser state at {p} but the given state does not")
