@@ -1,3 +1,0 @@
-"""(module being written)."""
-
-__all__: list[str] = []
