@@ -1,0 +1,459 @@
+"""ft.save / ft.load: exact round trips keyed by tree path, clear errors, nothing unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import fluxtrain as ft
+from fluxtrain import checkpoint as ck
+
+ALL_RULES = [
+    ft.Descent(0.1),
+    ft.Momentum(0.01, 0.8),
+    ft.Nesterov(0.01),
+    ft.RMSProp(0.01),
+    ft.RMSProp(0.01, centred=True),
+    ft.Rprop(0.01),
+    ft.Adam(0.01),
+    ft.RAdam(0.01),
+    ft.AdaMax(0.01),
+    ft.OAdam(0.01),
+    ft.AdaGrad(0.1),
+    ft.AdaDelta(0.9),
+    ft.AMSGrad(0.01),
+    ft.NAdam(0.01),
+    ft.AdamW(0.01, lambd=0.1),
+    ft.AdaBelief(0.01),
+    ft.Lion(0.01),
+    ft.WeightDecay(0.1),
+    ft.SignDecay(0.1),
+    ft.ClipGrad(0.5),
+    ft.ClipNorm(1.0),
+    ft.OptimiserChain(ft.ClipNorm(1.0), ft.WeightDecay(0.01), ft.Adam(0.01)),
+    ft.OptimiserChain(ft.AccumGrad(2), ft.Momentum(0.1)),
+    ft.MixedPrecision(ft.Adam(0.01)),
+]
+
+
+def small_model() -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "a": torch.randn(3, generator=g, dtype=torch.float64),
+        "b": [torch.randn(2, 2, generator=g, dtype=torch.float64), len],
+    }
+
+
+def grads_for(step: int) -> dict:
+    g = torch.Generator().manual_seed(100 + step)
+    return {
+        "a": torch.randn(3, generator=g, dtype=torch.float64),
+        "b": [torch.randn(2, 2, generator=g, dtype=torch.float64), None],
+    }
+
+
+def assert_same_state(x, y, where="state"):
+    if isinstance(x, torch.Tensor):
+        assert isinstance(y, torch.Tensor), where
+        assert x.dtype == y.dtype and x.shape == y.shape, where
+        assert torch.equal(x, y), where
+    elif isinstance(x, (tuple, list)):
+        assert type(x) is type(y) and len(x) == len(y), where
+        for i, (a, b) in enumerate(zip(x, y)):
+            assert_same_state(a, b, f"{where}.{i}")
+    else:
+        assert x == y and type(x) is type(y), where
+
+
+def assert_same_leaves(st1, st2):
+    l1, l2 = dict(ck._state_leaves(st1)), dict(ck._state_leaves(st2))
+    assert l1.keys() == l2.keys()
+    for p in l1:
+        assert l1[p].rule == l2[p].rule, p
+        assert l1[p].frozen == l2[p].frozen, p
+        assert_same_state(l1[p].state, l2[p].state, p)
+
+
+@pytest.mark.parametrize("rule", ALL_RULES, ids=lambda r: repr(r)[:40])
+def test_every_rule_state_round_trips_exactly_and_training_continues_identically(rule, tmp_path):
+    model = small_model()
+    st = ft.setup(rule, model)
+    for step in range(3):
+        ft.update_(st, model, grads_for(step))
+    path = tmp_path / "c.safetensors"
+    ft.save(path, model=model, opt_state=st)
+
+    fresh = {"a": torch.zeros(3, dtype=torch.float64), "b": [torch.zeros(2, 2).double(), len]}
+    st2 = ft.setup(ft.Descent(), fresh)  # another rule: the checkpoint's rules replace it
+    ft.load(path, model=fresh, opt_state=st2)
+    assert torch.equal(fresh["a"], model["a"]) and torch.equal(fresh["b"][0], model["b"][0])
+    assert_same_leaves(st, st2)
+
+    for step in range(3, 5):
+        ft.update_(st, model, grads_for(step))
+        ft.update_(st2, fresh, grads_for(step))
+    assert torch.equal(fresh["a"], model["a"]) and torch.equal(fresh["b"][0], model["b"][0])
+
+
+def test_chain_frozen_subtree_and_adjusted_eta_survive(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    st = ft.setup(ft.OptimiserChain(ft.WeightDecay(0.01), ft.Adam(0.001)), model)
+    x = torch.randn(5, 3)
+    for _ in range(2):
+        ft.update_(st, model, ft.gradient(lambda m: m(x).pow(2).sum(), model)[0])
+    ft.freeze_(st[0])
+    ft.adjust_(st[2], 0.0375)
+
+    ft.save(tmp_path / "c.safetensors", model=model, opt_state=st)
+    model2 = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    st2 = ft.setup(ft.Momentum(), model2)
+    ft.load(tmp_path / "c.safetensors", model=model2, opt_state=st2)
+
+    assert st2[0].weight.frozen and st2[0].bias.frozen and not st2[2].weight.frozen
+    assert st2[2].weight.rule == ft.OptimiserChain(ft.WeightDecay(0.01), ft.Adam(0.0375))
+    assert st2[0].weight.rule.opts[1].eta == 0.001
+    assert_same_leaves(st, st2)
+    for m in (model, model2):
+        ft.update_(st if m is model else st2, m, ft.gradient(lambda m: m(x).sum(), m)[0])
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+
+
+class EncDec(torch.nn.Module):
+    def __init__(self, first: str):
+        super().__init__()
+        # The same named children, registered in a different order.
+        for name in (first, "dec" if first == "enc" else "enc"):
+            setattr(self, name, torch.nn.Linear(2, 2))
+
+    def forward(self, x):
+        return self.dec(self.enc(x))
+
+
+def test_loading_into_model_with_modules_defined_in_another_order_matches_by_path(tmp_path):
+    a, b = EncDec("enc"), EncDec("dec")
+    assert [n for n, _ in a.named_children()] != [n for n, _ in b.named_children()]
+    st_a = ft.setup(ft.Momentum(0.1), a)
+    x = torch.randn(4, 2)
+    ft.update_(st_a, a, ft.gradient(lambda m: m(x).sum(), a)[0])
+    ft.save(tmp_path / "c.safetensors", model=a, opt_state=st_a)
+
+    st_b = ft.setup(ft.Momentum(0.1), b)
+    ft.load(tmp_path / "c.safetensors", model=b, opt_state=st_b)
+    assert torch.equal(a.enc.weight, b.enc.weight) and torch.equal(a.dec.bias, b.dec.bias)
+    assert torch.equal(st_a.enc.weight.state, st_b.enc.weight.state)
+    assert torch.equal(st_a.dec.weight.state, st_b.dec.weight.state)
+    assert torch.equal(a(x), b(x))
+
+
+def test_file_is_standard_safetensors_keyed_by_tree_path(tmp_path):
+    model = {"layers": {"enc": torch.nn.Linear(2, 3)}}
+    st = ft.setup(ft.Adam(), model)
+    ft.save(tmp_path / "c.safetensors", model=model, opt_state=st)
+    tensors = load_file(tmp_path / "c.safetensors")
+    assert torch.equal(tensors["model/layers.enc.weight"], model["layers"]["enc"].weight)
+    assert "opt/layers.enc.weight.0" in tensors  # Adam's first moment of that parameter
+
+
+def test_batchnorm_buffers_and_tied_weights_are_saved_once_and_restored(tmp_path):
+    emb = torch.nn.Linear(3, 3, bias=False)
+    model = torch.nn.ModuleDict({"enc": emb, "bn": torch.nn.BatchNorm1d(3)})
+    model.dec = torch.nn.Linear(3, 3, bias=False)
+    model.dec.weight = emb.weight  # tied
+    model.bn(torch.randn(8, 3) * 3 + 1)  # running statistics move
+    ft.save(tmp_path / "c.safetensors", model=model)
+    assert sum(k.endswith("weight") for k in load_file(tmp_path / "c.safetensors")) == 2
+
+    fresh = torch.nn.ModuleDict({"enc": torch.nn.Linear(3, 3, bias=False)})
+    fresh.bn = torch.nn.BatchNorm1d(3)
+    fresh.dec = torch.nn.Linear(3, 3, bias=False)
+    fresh.dec.weight = fresh.enc.weight
+    ft.load(tmp_path / "c.safetensors", model=fresh)
+    assert torch.equal(fresh.bn.running_mean, model.bn.running_mean)
+    assert int(fresh.bn.num_batches_tracked) == 1
+    assert fresh.dec.weight is fresh.enc.weight and torch.equal(fresh.enc.weight, emb.weight)
+
+
+def snapshot(model, st):
+    return [p.detach().clone() for p in model.parameters()], [
+        (leaf.rule, leaf.frozen, [t.clone() for t in leaf.state if isinstance(t, torch.Tensor)])
+        for _, leaf in ck._state_leaves(st)
+    ]
+
+
+def assert_unchanged(before, model, st):
+    params, leaves = before
+    assert all(torch.equal(p, q) for p, q in zip(params, model.parameters()))
+    now = [(leaf, leaf.state) for _, leaf in ck._state_leaves(st)]
+    for (rule, frozen, tensors), (leaf, state) in zip(leaves, now):
+        assert leaf.rule == rule and leaf.frozen == frozen
+        got = [t for t in state if isinstance(t, torch.Tensor)]
+        assert all(torch.equal(a, b) for a, b in zip(tensors, got))
+
+
+def make(out_features=2, extra=False, dtype=torch.float32):
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, out_features)).to(dtype)
+    if extra:
+        m.append(torch.nn.Linear(out_features, 1).to(dtype))
+    return m
+
+
+@pytest.mark.parametrize(
+    "other, message",
+    [
+        (lambda: make(extra=True), "the model has 2.weight but the checkpoint does not"),
+        (lambda: make(out_features=5), "shape mismatch at 1.weight"),
+        (lambda: make(dtype=torch.float64), "dtype mismatch at 0.weight"),
+    ],
+    ids=["missing", "shape", "dtype"],
+)
+def test_mismatch_names_the_path_and_leaves_model_and_state_unchanged(other, message, tmp_path):
+    ft.save(tmp_path / "c.safetensors", model=make(), opt_state=ft.setup(ft.Adam(), make()))
+    target = other()
+    st = ft.setup(ft.Momentum(0.5), target)
+    before = snapshot(target, st)
+    with pytest.raises(ft.CheckpointError, match=message):
+        ft.load(tmp_path / "c.safetensors", model=target, opt_state=st)
+    assert_unchanged(before, target, st)
+
+
+def test_extra_key_in_checkpoint_is_an_error_naming_it(tmp_path):
+    ft.save(tmp_path / "c.safetensors", model=make(extra=True))
+    with pytest.raises(
+        ft.CheckpointError, match=r"checkpoint has 2\.weight but the model does not"
+    ):
+        ft.load(tmp_path / "c.safetensors", model=make())
+
+
+def test_strict_false_loads_what_fits_and_reports_what_was_skipped(tmp_path):
+    src = make()
+    ft.save(tmp_path / "c.safetensors", model=src, epoch=7)
+    target = make(out_features=5)
+    with pytest.warns(UserWarning, match="skipped"):
+        extras = ft.load(tmp_path / "c.safetensors", model=target, strict=False)
+    assert extras == {"epoch": 7}
+    assert torch.equal(target[0].weight, src[0].weight)
+    assert any("shape mismatch at 1.weight" in s for s in extras.skipped)
+    assert any("1.bias" in s for s in extras.skipped)
+
+
+def test_optimiser_state_for_another_shape_is_an_error_naming_the_path(tmp_path):
+    small, big = {"w": torch.zeros(2)}, {"w": torch.zeros(3)}
+    ft.save(tmp_path / "c.safetensors", opt_state=ft.setup(ft.Adam(), small))
+    st = ft.setup(ft.Adam(), big)
+    with pytest.raises(ft.CheckpointError, match=r"state at w is for a parameter of shape \[2\]"):
+        ft.load(tmp_path / "c.safetensors", opt_state=st)
+
+
+def test_extras_round_trip_nested_values_tensors_rules_and_stateful_objects(tmp_path):
+    scaler = ft.LossScaler(init_scale=64.0)
+    scaler.update(True)
+    scaler.skipped = 3
+    learner = {
+        "epoch": 4,
+        "history": [0.5, float("inf"), None],
+        "cfg": {"rule": ft.OptimiserChain(ft.ClipNorm(1.0), ft.AdamW(0.1)), 3: (1, "x")},
+        "best": torch.arange(4, dtype=torch.int32),
+    }
+    ft.save(tmp_path / "c.safetensors", learner=learner, scaler=scaler, note="hi")
+    other = ft.LossScaler()
+    extras = ft.load(tmp_path / "c.safetensors", scaler=other)
+    assert extras["note"] == "hi"
+    got = extras["learner"]
+    assert got["epoch"] == 4 and got["history"] == [0.5, float("inf"), None]
+    assert got["cfg"] == {"rule": ft.OptimiserChain(ft.ClipNorm(1.0), ft.AdamW(0.1)), 3: (1, "x")}
+    assert torch.equal(got["best"], learner["best"]) and got["best"].dtype == torch.int32
+    assert other.state_dict() == scaler.state_dict() and other.scale_value == 32.0
+
+
+def test_unsaveable_extra_is_an_error_before_anything_is_written(tmp_path):
+    ft.save(tmp_path / "c.safetensors", epoch=1)
+    with pytest.raises(ft.CheckpointError, match="cannot save function at extra/fn"):
+        ft.save(tmp_path / "c.safetensors", epoch=2, fn=lambda: 0)
+    assert ft.load(tmp_path / "c.safetensors") == {"epoch": 1}
+
+
+def test_rng_states_are_restored_by_load(tmp_path):
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    ft.save(tmp_path / "c.safetensors")
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    ft.load(tmp_path / "c.safetensors")
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0])
+    assert np.array_equal(first[1], again[1]) and first[2] == again[2]
+    ft.load(tmp_path / "c.safetensors", restore_rng=False)
+    assert not torch.equal(torch.rand(3), first[0])
+
+
+def test_ddp_wrapped_model_is_saved_without_module_prefix(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        inner = make()
+        ddp = torch.nn.parallel.DistributedDataParallel(inner)
+        st = ft.setup(ft.Adam(), ddp)
+        ft.save(tmp_path / "c.safetensors", model=ddp, opt_state=st)
+        names = list(load_file(tmp_path / "c.safetensors"))
+        assert "model/0.weight" in names and not any("module" in n for n in names)
+        plain = make()
+        ft.load(tmp_path / "c.safetensors", model=plain)  # loads into an unwrapped model
+        assert torch.equal(plain[1].weight, inner[1].weight)
+    finally:
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged and hostile files
+
+
+class _Marker:
+    """Unpickling this touches a file: proof that code ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path(self.path).touch, ())
+
+
+def test_pickle_payload_is_refused_and_executes_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    for i, payload in enumerate([pickle.dumps(_Marker(marker)), None]):
+        f = tmp_path / f"evil{i}.safetensors"
+        if payload is None:
+            torch.save({"x": _Marker(marker)}, f)  # torch.save: a zip of pickles
+        else:
+            f.write_bytes(payload)
+        with pytest.raises(ft.CheckpointError, match="pickle"):
+            ft.load(f, model=make())
+        assert not marker.exists()
+
+
+def test_truncated_file_gives_a_clear_error(tmp_path):
+    model = make()
+    ft.save(tmp_path / "c.safetensors", model=model, opt_state=ft.setup(ft.Adam(), model))
+    raw = (tmp_path / "c.safetensors").read_bytes()
+    for cut in (len(raw) - 10, 100, 4):
+        (tmp_path / "t.safetensors").write_bytes(raw[:cut])
+        with pytest.raises(ft.CheckpointError, match="truncated"):
+            ft.load(tmp_path / "t.safetensors", model=model)
+
+
+def test_tampered_header_gives_a_clear_error(tmp_path):
+    model = make()
+    st = ft.setup(ft.Adam(), model)
+    ft.save(tmp_path / "c.safetensors", model=model, opt_state=st)
+    raw = (tmp_path / "c.safetensors").read_bytes()
+    # Flip a frozen flag (same length with JSON whitespace): the header checksum catches it.
+    tampered = raw.replace(b'\\"frozen\\": false', b'\\"frozen\\": true ', 1)
+    assert tampered != raw
+    (tmp_path / "t.safetensors").write_bytes(tampered)
+    with pytest.raises(ft.CheckpointError, match="tampered"):
+        ft.load(tmp_path / "t.safetensors", model=model, opt_state=st)
+    # Corrupt tensor data: the data checksum catches it.
+    flipped = bytearray(raw)
+    flipped[-3] ^= 0xFF
+    (tmp_path / "d.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(ft.CheckpointError, match="damaged"):
+        ft.load(tmp_path / "d.safetensors", model=model)
+    # Garbage header length.
+    (tmp_path / "g.safetensors").write_bytes(struct.pack("<Q", 2**40) + raw[8:])
+    with pytest.raises(ft.CheckpointError, match="header"):
+        ft.load(tmp_path / "g.safetensors", model=model)
+
+
+def test_header_naming_a_foreign_class_is_refused_even_with_a_valid_checksum(tmp_path):
+    marker = tmp_path / "ran"
+    structure = {
+        "format": "fluxtrain-checkpoint",
+        "version": 1,
+        "extra": {
+            "x": {"__object__": "pathlib.Path", "fields": {}},
+            "y": {"__object__": "builtins.eval", "fields": {"source": f"open('{marker}','w')"}},
+        },
+    }
+    ck._write_file(tmp_path / "evil.safetensors", json.dumps(structure), {})
+    with pytest.raises(ft.CheckpointError, match="not one of fluxtrain's classes"):
+        ft.load(tmp_path / "evil.safetensors")
+    assert not marker.exists()
+
+
+def test_sigkill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    path = tmp_path / "c.safetensors"
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time, torch, fluxtrain as ft
+        from fluxtrain import checkpoint as ck
+        model = {{"w": torch.arange(1000.0)}}
+        ft.save({str(path)!r}, model=model, step=1)
+        def slow_write(f, chunks):
+            for i, c in enumerate(chunks):
+                f.write(c)
+                if i == 2:  # header and the first tensor bytes are on disk
+                    f.flush()
+                    print("WRITING", flush=True)
+                    time.sleep(60)
+        ck._write_all = slow_write
+        model["w"] += 1
+        ft.save({str(path)!r}, model=model, step=2)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "WRITING", proc.stderr.read()
+        temps = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        assert len(temps) == 1  # the new checkpoint is being written beside the old one
+        proc.kill()  # SIGKILL in the middle of save
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    model = {"w": torch.zeros(1000)}
+    assert ft.load(path, model=model) == {"step": 1}
+    assert torch.equal(model["w"], torch.arange(1000.0))
+    with pytest.raises(ft.CheckpointError, match="truncated"):
+        ft.load(temps[0], model=model)  # the half-written file is recognisably incomplete
+    # A later save succeeds and replaces the old checkpoint.
+    ft.save(path, model={"w": torch.ones(1000)}, step=3)
+    assert ft.load(path) == {"step": 3}
+    assert os.path.exists(temps[0])  # (left for inspection; never mistaken for a checkpoint)
+
+
+def test_unregistered_rule_is_refused_at_save_and_registered_one_round_trips(tmp_path):
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Halve(ft.Rule):
+        eta: float = 0.5
+
+        def apply(self, state, x, dx):
+            return state, dx * self.eta
+
+    st = ft.setup(Halve(), {"w": torch.ones(2)})
+    with pytest.raises(ft.CheckpointError, match="register_checkpoint_class"):
+        ft.save(tmp_path / "c.safetensors", opt_state=st)
+    ft.register_checkpoint_class(Halve)
+    ft.save(tmp_path / "c.safetensors", opt_state=st)
+    st2 = ft.setup(ft.Descent(), {"w": torch.ones(2)})
+    ft.load(tmp_path / "c.safetensors", opt_state=st2)
+    assert st2["w"].rule == Halve()
