@@ -397,8 +397,19 @@ def fmap(f: Callable[..., Any], x: Any, *ys: Any) -> Any:
         new = {}
         for k, v in ch.items():
             new[k] = walk(v, tuple(_child_of(o, k) for o in others))
+        if isinstance(node, nn.Module):
+            # Wrap each new tensor in one Parameter, shared by every module that held the old
+            # one: otherwise rebuild would give tied weights one Parameter per place.
+            for k, old in node._parameters.items():
+                v = new.get(k)
+                if old is not None and type(v) is torch.Tensor:
+                    if id(v) not in params:
+                        grad = old.requires_grad and (v.is_floating_point() or v.is_complex())
+                        params[id(v)] = nn.Parameter(v, requires_grad=grad)
+                    new[k] = params[id(v)]
         return rebuild(node, new)
 
+    params: dict[int, nn.Parameter] = {}
     return walk(x, ys)
 
 
