@@ -1,0 +1,256 @@
+"""Recurrent cells and sequence layers (Flux 0.16, Flux.jl ``src/layers/recurrent.jl``).
+
+A *cell* does one time step: ``RNNCell`` and ``GRUCell`` map ``(x, h)`` to the new ``h``,
+``LSTMCell`` maps ``(x, (h, c))`` to ``(h, c)``; the state defaults to zeros.  The sequence
+layers ``RNN``, ``LSTM``, ``GRU`` run their cell over a sequence and return every hidden state.
+
+Layout, batch first as in ``torch.nn.RNN(batch_first=True)``: a step takes ``x`` of shape
+``(N, in)`` (or ``(in,)``), the sequence layers take ``(N, T, in)`` (or ``(T, in)``) and return
+``(N, T, out)``.  Parameters are Flux's: ``Wi`` ``(k out, in)``, ``Wh`` ``(k out, out)`` and one
+``bias`` ``(k out,)``, with gates stacked in PyTorch's order (LSTM: input, forget, cell, output;
+GRU: reset, update, new).  Flux's GRU (v1 of Cho et al.) has no recurrent bias inside the reset
+gate: ``h̃ = tanh(Wi_n x + r ⊙ (Wh_n h) + b_n)``; PyTorch's GRU equals it with ``bias_hh = 0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .activations import tanh
+from .basic import _init_tensor
+from .core import Layer, act_or_identity, act_suffix, check_size, in_out, match_input
+from .init import glorot_uniform
+
+__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "LSTMCell", "RNNCell"]
+
+Tensor = torch.Tensor
+
+
+class _Cell(Layer):
+    _gates = 1
+
+    def __init__(
+        self,
+        args: tuple,
+        init_kernel: Callable[..., Tensor],
+        init_recurrent_kernel: Callable[..., Tensor],
+        bias: bool,
+    ):
+        super().__init__()
+        name = type(self).__name__
+        n_in, n_out, rest = in_out(name, args, f"{name}(in, out) or {name}((in, out))")
+        self._rest = rest
+        g = self._gates
+        self.Wi = nn.Parameter(_init_tensor(init_kernel, (g * n_out, n_in), name))
+        self.Wh = nn.Parameter(_init_tensor(init_recurrent_kernel, (g * n_out, n_out), name))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(g * n_out, dtype=self.Wi.dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    @property
+    def out_features(self) -> int:
+        return self.Wh.shape[1]
+
+    def input_projection(self, x: Any) -> Tensor:
+        """``x Wiᵀ + bias`` for any leading dimensions (all time steps at once)."""
+        x = match_input(x, self.Wi, self)
+        check_size(self, x, -1, self.Wi.shape[1], "features")
+        return F.linear(x, self.Wi, self.bias)
+
+    def zero_state(self, gx: Tensor) -> Tensor:
+        return gx.new_zeros((*gx.shape[:-1], self.out_features))
+
+    def _flux_line(self) -> str:
+        return f"{type(self).__name__}({self.Wi.shape[1]} => {self.out_features})"
+
+
+class RNNCell(_Cell):
+    """One step of a vanilla RNN: ``h' = act(Wi x + Wh h + b)``, ``act=tanh`` by default
+    (Flux's ``RNNCell(in => out, σ)``).
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> cell = ft.RNNCell(3, 5)
+        >>> cell(torch.rand(4, 3)).shape
+        torch.Size([4, 5])
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        init_kernel: Callable[..., Tensor] = glorot_uniform,
+        init_recurrent_kernel: Callable[..., Tensor] = glorot_uniform,
+        bias: bool = True,
+    ):
+        super().__init__(args, init_kernel, init_recurrent_kernel, bias)
+        if len(self._rest) > 1:
+            raise TypeError("RNNCell: too many positional arguments")
+        self.act = act_or_identity(self._rest[0]) if self._rest else tanh
+
+    def step(self, gx: Tensor, h: Tensor) -> Tensor:
+        return self.act(gx + F.linear(h, self.Wh))
+
+    def forward(self, x: Any, h: Tensor | None = None) -> Tensor:
+        gx = self.input_projection(x)
+        return self.step(gx, self.zero_state(gx) if h is None else h)
+
+    def _flux_line(self) -> str:
+        return super()._flux_line()[:-1] + act_suffix(self.act, tanh) + ")"
+
+
+class LSTMCell(_Cell):
+    """One step of an LSTM (Hochreiter & Schmidhuber 1997), Flux's ``LSTMCell(in => out)``::
+
+        i, f, g, o = chunks of (Wi x + Wh h + b)
+        c' = σ(f) ⊙ c + σ(i) ⊙ tanh(g)
+        h' = σ(o) ⊙ tanh(c')
+
+    Called as ``cell(x, (h, c))`` (zeros when omitted); returns ``(h', c')``.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> h, c = ft.LSTMCell(3, 5)(torch.rand(4, 3))
+        >>> h.shape, c.shape
+        (torch.Size([4, 5]), torch.Size([4, 5]))
+    """
+
+    _gates = 4
+
+    def __init__(
+        self,
+        *args: Any,
+        init_kernel: Callable[..., Tensor] = glorot_uniform,
+        init_recurrent_kernel: Callable[..., Tensor] = glorot_uniform,
+        bias: bool = True,
+    ):
+        super().__init__(args, init_kernel, init_recurrent_kernel, bias)
+        if self._rest:
+            raise TypeError(f"LSTMCell: unexpected arguments {self._rest!r}")
+
+    def step(self, gx: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        h, c = state
+        i, f, g, o = (gx + F.linear(h, self.Wh)).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def forward(self, x: Any, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        gx = self.input_projection(x)
+        if state is None:
+            z = self.zero_state(gx)
+            state = (z, z)
+        return self.step(gx, state)
+
+
+class GRUCell(_Cell):
+    """One step of a GRU (Cho et al. 2014, v1), Flux's ``GRUCell(in => out)``::
+
+        r = σ(Wi_r x + Wh_r h + b_r)
+        z = σ(Wi_z x + Wh_z h + b_z)
+        h̃ = tanh(Wi_n x + r ⊙ (Wh_n h) + b_n)
+        h' = (1 - z) ⊙ h̃ + z ⊙ h
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> ft.GRUCell(3, 5)(torch.rand(4, 3)).shape
+        torch.Size([4, 5])
+    """
+
+    _gates = 3
+
+    def __init__(
+        self,
+        *args: Any,
+        init_kernel: Callable[..., Tensor] = glorot_uniform,
+        init_recurrent_kernel: Callable[..., Tensor] = glorot_uniform,
+        bias: bool = True,
+    ):
+        super().__init__(args, init_kernel, init_recurrent_kernel, bias)
+        if self._rest:
+            raise TypeError(f"GRUCell: unexpected arguments {self._rest!r}")
+
+    def step(self, gx: Tensor, h: Tensor) -> Tensor:
+        xr, xz, xn = gx.chunk(3, dim=-1)
+        hr, hz, hn = F.linear(h, self.Wh).chunk(3, dim=-1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return (1 - z) * n + z * h
+
+    def forward(self, x: Any, h: Tensor | None = None) -> Tensor:
+        gx = self.input_projection(x)
+        return self.step(gx, self.zero_state(gx) if h is None else h)
+
+
+class _Sequence(Layer):
+    _cell_type: type[_Cell] = RNNCell
+
+    def __init__(self, *args: Any, **cell_kwargs: Any):
+        super().__init__()
+        self.cell = self._cell_type(*args, **cell_kwargs)
+
+    def forward(self, x: Any, state: Any = None) -> Tensor:
+        """All hidden states for the sequence ``x`` of shape ``(N, T, in)`` or ``(T, in)``."""
+        gx = self.cell.input_projection(x)  # one matmul for every time step
+        if gx.dim() not in (2, 3):
+            raise ValueError(
+                f"{self._flux_line()} expects a sequence of shape (N, T, in) or (T, in), got "
+                f"{tuple(gx.shape[:-1])} + (in,)"
+            )
+        tdim = gx.dim() - 2
+        if state is None:
+            z = self.cell.zero_state(gx.select(tdim, 0))
+            state = (z, z) if isinstance(self.cell, LSTMCell) else z
+        hs = []
+        for gx_t in gx.unbind(tdim):
+            state = self.cell.step(gx_t, state)
+            hs.append(state[0] if isinstance(state, tuple) else state)
+        return torch.stack(hs, dim=tdim)
+
+    def _flux_line(self) -> str:
+        return type(self).__name__ + self.cell._flux_line()[len(type(self.cell).__name__) :]
+
+
+class RNN(_Sequence):
+    """A vanilla RNN over a sequence: ``RNN(in, out, act=tanh)`` runs :class:`RNNCell` over
+    ``x`` of shape ``(N, T, in)`` and returns every hidden state, ``(N, T, out)``.  ``m(x, h0)``
+    starts from ``h0`` (default zeros).
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> ft.RNN(2, 3)(torch.rand(5, 4, 2)).shape
+        torch.Size([5, 4, 3])
+    """
+
+    _cell_type = RNNCell
+
+
+class LSTM(_Sequence):
+    """An LSTM over a sequence: runs :class:`LSTMCell` over ``(N, T, in)`` and returns every
+    hidden state ``h``, ``(N, T, out)``; ``m(x, (h0, c0))`` sets the initial state.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> ft.LSTM(2, 3)(torch.rand(5, 4, 2)).shape
+        torch.Size([5, 4, 3])
+    """
+
+    _cell_type = LSTMCell
+
+
+class GRU(_Sequence):
+    """A GRU over a sequence: runs :class:`GRUCell` over ``(N, T, in)`` and returns every
+    hidden state, ``(N, T, out)``; ``m(x, h0)`` sets the initial state.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> ft.GRU(2, 3)(torch.rand(5, 4, 2)).shape
+        torch.Size([5, 4, 3])
+    """
+
+    _cell_type = GRUCell
