@@ -145,7 +145,7 @@ def test_one_cycle_warms_up_then_anneals_with_half_cosines():
 def test_one_cycle_past_nsteps_raises_index_error():
     s = ft.OneCycle(50, 0.1)
     assert len(s) == 50 and len(list(s)) == 50
-    with pytest.raises(IndexError, match="OneCycle.*50 iterations.*t=51"):
+    with pytest.raises(IndexError, match=r"OneCycle.*50 iterations.*t=51"):
         s(51)
 
 

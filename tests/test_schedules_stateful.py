@@ -18,7 +18,7 @@ def test_seed_zip_loop_sets_eta_in_the_state_each_epoch():
     opt_state = ft.setup(ft.Momentum(), model)
     schedule = ft.Cos(λ0=1e-4, λ1=1e-2, period=10)
     seen = []
-    for eta, epoch in zip(schedule, range(1, 101)):
+    for eta, _epoch in zip(schedule, range(1, 101)):
         ft.adjust_(opt_state, eta)
         seen.append((opt_state["enc"].rule.eta, opt_state["dec"].rule.eta))
         grads = {"enc": torch.ones(4, 3), "dec": torch.ones(2, 4)}
