@@ -123,9 +123,10 @@ def _global_clip(rule: Rule) -> ClipNorm | None:
 class FlatGroup:
     """Leaves sharing rule, dtype, device, frozen flag and scalar state, in contiguous buffers."""
 
-    def __init__(self, leaves: list[Any], params: list[torch.Tensor]):
+    def __init__(self, leaves: list[Any], params: list[torch.Tensor], paths: list[str]):
         self.leaves = leaves
         self.params = params
+        self.paths = paths
         self.rule: Rule = leaves[0].rule
         self.frozen: bool = leaves[0].frozen
         self.numels = [p.numel() for p in params]
@@ -205,15 +206,16 @@ def _group_key(leaf: Any, x: torch.Tensor) -> tuple:
     return (leaf.rule, x.dtype, x.device, leaf.frozen, _scalars(leaf.state))
 
 
-def _pack(pairs: list[tuple[Any, torch.Tensor]]) -> list[FlatGroup]:
-    """Group (leaf, parameter) pairs and give each group its buffers, reusing intact ones."""
-    by_key: dict[tuple, list[tuple[Any, torch.Tensor]]] = defaultdict(list)
-    for leaf, x in pairs:
-        by_key[_group_key(leaf, x)].append((leaf, x))
+def _pack(triples: list[tuple[Any, torch.Tensor, Any]]) -> list[FlatGroup]:
+    """Group (leaf, parameter, path) triples; give each group buffers, reusing intact ones."""
+    by_key: dict[tuple, list[tuple[Any, torch.Tensor, Any]]] = defaultdict(list)
+    for leaf, x, path in triples:
+        by_key[_group_key(leaf, x)].append((leaf, x, path))
     groups = []
     for members in by_key.values():
         leaves = [m[0] for m in members]
         params = [m[1] for m in members]
+        paths = [str(m[2]) for m in members]
         flat = leaves[0]._flat
         g = flat[0] if flat is not None else None
         if (
@@ -221,13 +223,13 @@ def _pack(pairs: list[tuple[Any, torch.Tensor]]) -> list[FlatGroup]:
             and len(g.leaves) == len(leaves)
             and all(a is b for a, b in zip(g.leaves, leaves))
             and all(a is b for a, b in zip(g.params, params))
-            and g.rule == leaves[0].rule
-            and g.frozen == leaves[0].frozen
             and g.intact()
         ):
+            # Same members: keep the buffers; a new eta (adjust_) or flag needs no copy.
+            g.rule, g.frozen = leaves[0].rule, leaves[0].frozen
             groups.append(g)
         else:
-            groups.append(FlatGroup(leaves, params))
+            groups.append(FlatGroup(leaves, params, paths))
     return groups
 
 
@@ -335,38 +337,47 @@ def _step_group(g: FlatGroup, dx: torch.Tensor) -> None:
         g.x.sub_(upd)
 
 
-def _check_finite(g: FlatGroup, dx: torch.Tensor, where: str) -> None:
+def _check_finite(g: FlatGroup, dx: torch.Tensor) -> None:
     if _throwing_clips(g.rule) and not bool(torch.isfinite(dx).all()):
+        bad = next(
+            (
+                i
+                for i, part in enumerate(dx.split(g.numels))
+                if not bool(torch.isfinite(part).all())
+            ),
+            0,
+        )
         raise NonFiniteGradientError(
-            f"gradient at {where} contains Inf or NaN and its rule has a ClipNorm with "
+            f"gradient at {g.paths[bad]} contains Inf or NaN and its rule has a ClipNorm with "
             f"throw=True; nothing was updated"
         )
 
 
-def _apply_global_clips(work: list[tuple[FlatGroup, torch.Tensor, str]]) -> list:
+def _apply_global_clips(work: list[tuple[FlatGroup, torch.Tensor]]) -> list:
     by_clip: dict[ClipNorm, list[int]] = defaultdict(list)
-    for i, (g, _, _) in enumerate(work):
+    for i, (g, _) in enumerate(work):
         clip = _global_clip(g.rule)
         if clip is not None:
             by_clip[clip].append(i)
     for clip, idx in by_clip.items():
         norms = [torch.linalg.vector_norm(work[i][1], clip.p).double() for i in idx]
         total = float(torch.linalg.vector_norm(torch.stack(norms), clip.p))
-        factor = clip.factor(total, f"the arrays clipped together (first at {work[idx[0]][2]})")
+        first = work[idx[0]][0].paths[0]
+        factor = clip.factor(total, f"the arrays clipped together (first at {first})")
         if factor != 1.0:
             for i in idx:
-                g, dx, where = work[i]
-                work[i] = (g, dx * factor, where)
+                g, dx = work[i]
+                work[i] = (g, dx * factor)
     return work
 
 
-def step_groups(work: list[tuple[FlatGroup, torch.Tensor, str]]) -> None:
-    """Update each (group, flat gradient, where) after checking all of them."""
-    for g, dx, where in work:
-        _check_finite(g, dx, where)
+def step_groups(work: list[tuple[FlatGroup, torch.Tensor]]) -> None:
+    """Update each (group, flat gradient) after checking all of them."""
+    for g, dx in work:
+        _check_finite(g, dx)
     work = _apply_global_clips(work)
     with torch.no_grad():
-        for g, dx, _ in work:
+        for g, dx in work:
             _step_group(g, dx)
 
 
@@ -392,7 +403,7 @@ def _gradient(w: Work) -> torch.Tensor:
 def run_items(groups: list[FlatGroup], items: list[Work]) -> None:
     """Update from explicit gradients: whole groups fused, partially covered groups per leaf."""
     by_leaf = {id(w.leaf): w for w in items}
-    whole: list[tuple[FlatGroup, torch.Tensor, str]] = []
+    whole: list[tuple[FlatGroup, torch.Tensor]] = []
     partial: list[Work] = []
     for g in groups:
         if g.frozen:
@@ -404,7 +415,7 @@ def run_items(groups: list[FlatGroup], items: list[Work]) -> None:
         for w in present:
             w.dx = _gradient(w)
         if len(present) == len(ws):
-            whole.append((g, g.gather([w.dx for w in present]), str(present[0].path)))
+            whole.append((g, g.gather([w.dx for w in present])))
         else:
             partial.extend(present)
     # Partial groups: checks first, then the per-leaf reference path (rare: None branches).
@@ -424,26 +435,26 @@ def run_items(groups: list[FlatGroup], items: list[Work]) -> None:
 
 def run_dot_grad(groups: list[FlatGroup]) -> None:
     """Update from each parameter's ``.grad`` (zero-copy when they are the engine's views)."""
-    whole: list[tuple[FlatGroup, torch.Tensor, str]] = []
+    whole: list[tuple[FlatGroup, torch.Tensor]] = []
     partial: list[Work] = []
     for g in groups:
         if g.frozen:
             continue
         dx = g.attached_grad()
         if dx is not None:
-            whole.append((g, dx, f"group of {len(g.leaves)} parameters"))
+            whole.append((g, dx))
             continue
-        for leaf, p in zip(g.leaves, g.params):
+        for leaf, p, path in zip(g.leaves, g.params, g.paths):
             if p.grad is not None:
-                w = Work(leaf, p, [p.grad], KeyPath())
+                w = Work(leaf, p, [p.grad], path)
                 w.dx = _gradient(w)
                 partial.append(w)
     if partial:
         for w in partial:
             if _throwing_clips(w.leaf.rule) and not bool(torch.isfinite(w.dx).all()):
                 raise NonFiniteGradientError(
-                    "a gradient contains Inf or NaN and its rule has a ClipNorm with throw=True; "
-                    "nothing was updated"
+                    f"gradient at {w.path} contains Inf or NaN and its rule has a ClipNorm with "
+                    f"throw=True; nothing was updated"
                 )
     step_groups(whole)
     _apply_per_leaf(partial)
@@ -483,7 +494,7 @@ def run(items: list[Work]) -> None:
     if not items:
         return
     with torch.no_grad():
-        groups = _pack([(w.leaf, w.x) for w in items])
+        groups = _pack([(w.leaf, w.x, w.path) for w in items])
     run_items(groups, items)
 
 

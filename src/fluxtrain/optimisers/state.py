@@ -326,13 +326,14 @@ def update_(state: Any, model: Any, grads: Any = None) -> tuple[Any, Any]:
     model = unwrap(model)
 
     def pairs() -> list:
-        return [(w.leaf, w.x) for w in _collect(state, model, None, use_dot_grad=True)]
+        return [(w.leaf, w.x, w.path) for w in _collect(state, model, None, use_dot_grad=True)]
 
-    if grads is None:
-        engine.run_dot_grad(engine.update_plan(state, model, pairs))
-    else:
-        items = _collect(state, model, grads, use_dot_grad=False)  # validates; mutates nothing
-        engine.run_items(engine.update_plan(state, model, pairs), items)
+    with torch.no_grad():
+        if grads is None:
+            engine.run_dot_grad(engine.update_plan(state, model, pairs))
+        else:
+            items = _collect(state, model, grads, use_dot_grad=False)  # validates, mutates nothing
+            engine.run_items(engine.update_plan(state, model, pairs), items)
     return state, model
 
 
