@@ -148,7 +148,11 @@ class Scheduler(Rule):
                 "Scheduler: schedules must be hashable (schedule objects, functions, numbers, "
                 "tuples); the update engine uses rules as dictionary keys"
             ) from None
-        first = self.rule_at(1)  # invalid hyperparameters fail here, not at the first update
+        try:  # invalid hyperparameters fail here, not at the first update
+            first = self.rule_at(1)
+        except (TypeError, ValueError) as e:
+            values = ", ".join(f"{k}={_value_at(v, 1)!r}" for k, v in self.schedules)
+            raise type(e)(f"Scheduler: {who}({values}) at t=1 failed: {e}") from e
         if not isinstance(first, Rule):
             raise TypeError(f"Scheduler: {who}(...) must return a rule, got {first!r}")
 
@@ -201,8 +205,7 @@ class Scheduler(Rule):
                     f"adjust cannot change {_name(self.constructor)}.{k}: it changes the shape "
                     f"of the stored state; make a new rule and call setup again"
                 )
-        new = dict(self.schedules)
-        new.update(mine)
+        new = {**current, **mine}
         return Scheduler(self.constructor, **new), set(mine)
 
     def to_dict(self) -> dict[str, Any]:
