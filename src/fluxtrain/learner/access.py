@@ -1,0 +1,181 @@
+"""Declared state access: permissions parsed from ``reads``/``writes`` and the guarded view.
+
+Each callback sees the learner through a :class:`GuardedView` built from its declarations.  A
+read of an undeclared attribute, or a write that was not declared as one, raises
+:class:`~fluxtrain.ProtectedAccessError` naming the callback and the path to declare
+(FluxTraining.jl ``src/callbacks/protect.jl``: ``Protected``, ``Read``, ``Write``).
+
+Reading a declared container returns the real object, except the learner's own state bags
+(``learner.step``, ``learner.cbstate``) which come back read-only unless declared as written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .exceptions import ProtectedAccessError
+from .state import _ALIASES, CallbackState, StepState
+
+__all__ = ["GuardedView", "Permissions", "parse_path", "paths_conflict"]
+
+
+def parse_path(path: str, owner: Any = None) -> tuple[str, ...]:
+    """``"step.loss"`` -> ``("step", "loss")``; ``"*"`` -> ``("*",)``.  Aliases are resolved."""
+    if not isinstance(path, str) or not path or any(not p for p in path.split(".")):
+        raise ValueError(
+            f"{owner!r}: state paths are dotted names such as 'step.loss' or 'cbstate.history', "
+            f"got {path!r}"
+        )
+    return tuple(_ALIASES.get(p, p) for p in path.split("."))
+
+
+def paths_conflict(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Two paths touch the same state when one is a prefix of the other (or either is ``*``)."""
+    if a[0] == "*" or b[0] == "*":
+        return True
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+class Permissions:
+    """A tree of permissions: ``read``/``write`` on this node (and all below) plus children."""
+
+    __slots__ = ("children", "read", "write")
+
+    def __init__(self) -> None:
+        self.read = False
+        self.write = False
+        self.children: dict[str, Permissions] = {}
+
+    @classmethod
+    def from_paths(
+        cls, reads: Iterable[tuple[str, ...]], writes: Iterable[tuple[str, ...]]
+    ) -> Permissions:
+        root = cls()
+        for path, write in [(p, False) for p in reads] + [(p, True) for p in writes]:
+            node = root
+            if path != ("*",):
+                for part in path:
+                    node = node.children.setdefault(part, cls())
+            node.read = True
+            node.write = node.write or write
+        root._inherit(False, False)
+        return root
+
+    def _inherit(self, read: bool, write: bool) -> None:
+        self.read = self.read or read
+        self.write = self.write or write
+        for child in self.children.values():
+            child._inherit(self.read, self.write)
+
+    @property
+    def full(self) -> bool:
+        return self.read and self.write
+
+
+_READ_ONLY_LEAF = Permissions()
+_READ_ONLY_LEAF.read = True
+_WRITE_LEAF = Permissions()
+_WRITE_LEAF.read = _WRITE_LEAF.write = True
+_BAGS = (StepState, CallbackState)
+
+
+def _wrap(value: Any, node: Permissions, path: str, owner: Any) -> Any:
+    if node.children:
+        if node.full:
+            return value
+        return GuardedView(value, node, path, owner)
+    if not node.write and isinstance(value, _BAGS):
+        return GuardedView(value, node, path, owner)
+    return value
+
+
+class GuardedView:
+    """What a callback receives instead of the learner: declared state only.
+
+    Attribute access is checked against the callback's permissions; containers along a
+    declared path are wrapped in turn.  ``in`` and iteration pass through.
+    """
+
+    __slots__ = ("_ft_node", "_ft_owner", "_ft_path", "_ft_target")
+
+    def __init__(self, target: Any, node: Permissions, path: str, owner: Any) -> None:
+        object.__setattr__(self, "_ft_target", target)
+        object.__setattr__(self, "_ft_node", node)
+        object.__setattr__(self, "_ft_path", path)
+        object.__setattr__(self, "_ft_owner", owner)
+
+    def _ft_where(self, name: str) -> str:
+        return f"{self._ft_path}.{name}"
+
+    def _ft_denied(self, name: str, kind: str) -> ProtectedAccessError:
+        where = self._ft_where(name)
+        decl = where.removeprefix("learner.")
+        owner = self._ft_owner
+        return ProtectedAccessError(
+            f"{owner!r} {kind} {where} without declaring it: add {decl!r} to its "
+            f"`{'reads' if kind == 'read' else 'writes'}` (it declares reads="
+            f"{tuple(getattr(owner, 'reads', ()))}, writes={tuple(getattr(owner, 'writes', ()))})"
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        name = _ALIASES.get(name, name)
+        node = self._ft_node
+        child = node.children.get(name)
+        if child is not None:
+            return _wrap(
+                getattr(self._ft_target, name), child, self._ft_where(name), self._ft_owner
+            )
+        if node.read:
+            # Everything below a declared node inherits its permission.
+            leaf = _WRITE_LEAF if node.write else _READ_ONLY_LEAF
+            return _wrap(getattr(self._ft_target, name), leaf, self._ft_where(name), self._ft_owner)
+        raise self._ft_denied(name, "read")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        name = _ALIASES.get(name, name)
+        node = self._ft_node
+        child = node.children.get(name)
+        if node.write or (child is not None and child.write):
+            setattr(self._ft_target, name, value)
+            return
+        raise self._ft_denied(name, "wrote")
+
+    def __delattr__(self, name: str) -> None:
+        node = self._ft_node
+        child = node.children.get(name)
+        if node.write or (child is not None and child.write):
+            delattr(self._ft_target, name)
+            return
+        raise self._ft_denied(name, "wrote")
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str) and isinstance(self._ft_target, _BAGS):
+            return self.__getattr__(key)
+        if self._ft_node.read:
+            return self._ft_target[key]
+        raise self._ft_denied(f"[{key!r}]", "read")
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(key, str) and isinstance(self._ft_target, _BAGS):
+            self.__setattr__(key, value)
+            return
+        if self._ft_node.write:
+            self._ft_target[key] = value
+            return
+        raise self._ft_denied(f"[{key!r}]", "wrote")
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._ft_target
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._ft_target)
+
+    def __len__(self) -> int:
+        return len(self._ft_target)
+
+    def __repr__(self) -> str:
+        return f"<{self._ft_path} as seen by {self._ft_owner!r}>"

@@ -1,0 +1,49 @@
+"""The built-in callbacks, one module per family; public as ``ft.callbacks``."""
+
+from .checkpointer import Checkpointer
+from .custom import CustomCallback, Throttle
+from .device import ToDevice
+from .housekeeping import GarbageCollect
+from .logging import CSVLogger, JSONLinesLogger, TensorBoardLogger
+from .metrics import Accuracy, Loss, Metric, MetricHistory, Metrics
+from .plotting import PlotMetrics, plot_metrics
+from .progress import MetricsPrinter, ProgressBar
+from .recorder import History, Recorder
+from .sanity import SanityCheck, SanityCheckError
+from .scheduler import Scheduler
+from .stopping import EarlyStopping, StopOnNaNLoss
+
+__all__ = [
+    "Accuracy",
+    "CSVLogger",
+    "Checkpointer",
+    "CustomCallback",
+    "EarlyStopping",
+    "GarbageCollect",
+    "History",
+    "JSONLinesLogger",
+    "Loss",
+    "Metric",
+    "MetricHistory",
+    "Metrics",
+    "MetricsPrinter",
+    "PlotMetrics",
+    "ProgressBar",
+    "Recorder",
+    "SanityCheck",
+    "SanityCheckError",
+    "Scheduler",
+    "StopOnNaNLoss",
+    "TensorBoardLogger",
+    "Throttle",
+    "ToDevice",
+    "default_callbacks",
+    "plot_metrics",
+]
+
+
+def default_callbacks() -> list:
+    """Fresh instances of the callbacks a ``Learner`` gets when none are given."""
+    from ..learner import default_callbacks as make
+
+    return make()

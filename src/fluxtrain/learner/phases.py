@@ -1,0 +1,240 @@
+"""Phases: what one step and one epoch do (FluxTraining.jl ``Phase``, ``step!``, ``epoch!``).
+
+A phase is an object whose :meth:`Phase.step` runs one batch and whose :meth:`Phase.epoch`
+iterates over a data iterator.  Write a new training behaviour by subclassing
+:class:`AbstractTrainingPhase` (or :class:`AbstractValidationPhase`) and overriding ``step``,
+then run it with ``epoch_(learner, MyPhase(), data)``; callbacks that act only in training
+(``Scheduler``) or only in validation (``EarlyStopping``) recognise it by its base class.
+
+The module-level :func:`step_` and :func:`epoch_` (FluxTraining.jl's ``step!``/``epoch!``)
+dispatch to the phase.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import torch
+
+from ..gradient import gradient
+from ..optimisers import update_
+from .control import Handle, runepoch, runstep
+from .events import BackwardBegin, BackwardEnd, LossBegin
+from .exceptions import CancelEpochException, CancelStepException
+from .state import StepState
+
+__all__ = [
+    "AbstractTrainingPhase",
+    "AbstractValidationPhase",
+    "Phase",
+    "TrainingPhase",
+    "ValidationPhase",
+    "epoch_",
+    "step_",
+]
+
+
+class Phase:
+    """Base class of phases.  Override :meth:`step` (and :meth:`epoch` if one epoch is more than
+    "for each batch, one step").
+
+    Phases compare equal when of the same class with equal attributes, so they can key dicts
+    (``learner.cbstate.history[TrainingPhase()]``).
+    """
+
+    #: Module mode during the phase's epochs: True (train), False (eval), None (leave as is).
+    training: ClassVar[bool | None] = None
+
+    def step(self, learner: Any, batch: Any) -> StepState | None:
+        """Run one step on ``batch`` and return its state (``learner.step``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no step: define step(self, learner, batch) in your phase "
+            f"class (see TrainingPhase.step for the standard supervised step)"
+        )
+
+    def epoch(self, learner: Any, dataiter: Iterable[Any]) -> None:
+        """Run one epoch: ``step_`` on every batch of ``dataiter`` inside :func:`runepoch`."""
+
+        def run(handle: Handle) -> None:
+            for batch in dataiter:
+                step_(learner, self, batch)
+
+        runepoch(run, learner, self)
+
+    def dataiter(self, learner: Any) -> Iterable[Any] | None:
+        """The data an epoch of this phase uses when none is given (``None`` here)."""
+        return None
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class AbstractTrainingPhase(Phase):
+    """Base class of phases that train; uses ``learner.data.training`` by default."""
+
+    training: ClassVar[bool | None] = True
+
+    def dataiter(self, learner: Any) -> Iterable[Any] | None:
+        return learner.data.training
+
+
+class AbstractValidationPhase(Phase):
+    """Base class of phases that evaluate; uses ``learner.data.validation`` by default."""
+
+    training: ClassVar[bool | None] = False
+
+    def dataiter(self, learner: Any) -> Iterable[Any] | None:
+        return learner.data.validation
+
+
+def _pair(batch: Any, phase: Phase) -> tuple[Any, Any]:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    what = (
+        f"a {type(batch).__name__} of length {len(batch)}"
+        if isinstance(batch, (tuple, list))
+        else f"a {type(batch).__name__}"
+    )
+    raise TypeError(
+        f"{type(phase).__name__} takes batches that are pairs (xs, ys), got {what}; for other "
+        f"batch layouts subclass {type(phase).__name__} and override step(self, learner, batch)"
+    )
+
+
+def autocast_context(learner: Any, xs: Any) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` with ``learner.autocast`` as dtype on ``xs``'s device (or nothing)."""
+    dtype = getattr(learner, "autocast", None)
+    if dtype is None:
+        return contextlib.nullcontext()
+    device = xs.device.type if isinstance(xs, torch.Tensor) else "cpu"
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
+def _detached(x: Any) -> Any:
+    return x.detach() if isinstance(x, torch.Tensor) else x
+
+
+class TrainingPhase(AbstractTrainingPhase):
+    """The supervised training step (FluxTraining.jl ``TrainingPhase``).
+
+    For a batch ``(xs, ys)``: ``StepBegin``; forward ``ys_pred = model(xs)``; ``LossBegin``;
+    ``loss = lossfn(ys_pred, ys)``; ``BackwardBegin``; ``grads = ft.gradient(...)``;
+    ``BackwardEnd``; ``ft.update_(learner.opt_state, learner.model, grads)``; ``StepEnd``.
+    Forward and loss run under ``torch.autocast`` when the learner has ``autocast`` set.
+    ``loss`` and ``ys_pred`` are stored detached once the gradient is taken.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> learner = ft.Learner(model, torch.nn.functional.l1_loss, ft.Descent(0.1), callbacks=[])
+        >>> state = ft.step_(learner, ft.TrainingPhase(), (torch.ones(4, 1), torch.ones(4, 1)))
+        >>> sorted(state.keys())
+        ['grads', 'loss', 'xs', 'ys', 'ys_pred']
+    """
+
+    def step(self, learner: Any, batch: Any) -> StepState:
+        xs, ys = _pair(batch, self)
+
+        def run(handle: Handle, state: StepState) -> None:
+            def loss_of(model: Any) -> Any:
+                with autocast_context(learner, state.xs):
+                    state.ys_pred = model(state.xs)
+                    handle(LossBegin())
+                    state.loss = learner.lossfn(state.ys_pred, state.ys)
+                handle(BackwardBegin())
+                return state.loss
+
+            (state.grads,) = gradient(loss_of, learner.model)
+            state.loss = _detached(state.loss)
+            state.ys_pred = _detached(state.ys_pred)
+            handle(BackwardEnd())
+            update_(learner.opt_state, learner.model, state.grads)
+
+        return runstep(run, learner, self, {"xs": xs, "ys": ys})
+
+
+class ValidationPhase(AbstractValidationPhase):
+    """The validation step: forward and loss without gradients (FluxTraining.jl
+    ``ValidationPhase``), firing ``StepBegin``, ``LossBegin``, ``StepEnd``.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> model = torch.nn.Linear(1, 1, bias=False)
+        >>> learner = ft.Learner(model, torch.nn.functional.l1_loss, callbacks=[])
+        >>> state = ft.step_(learner, ft.ValidationPhase(), (torch.ones(4, 1), torch.ones(4, 1)))
+        >>> state.grads is None, state.loss.requires_grad
+        (True, False)
+    """
+
+    def step(self, learner: Any, batch: Any) -> StepState:
+        xs, ys = _pair(batch, self)
+
+        def run(handle: Handle, state: StepState) -> None:
+            with torch.no_grad(), autocast_context(learner, state.xs):
+                state.ys_pred = learner.model(state.xs)
+                handle(LossBegin())
+                state.loss = learner.lossfn(state.ys_pred, state.ys)
+
+        return runstep(run, learner, self, {"xs": xs, "ys": ys})
+
+
+def step_(learner: Any, phase: Phase, batch: Any) -> StepState:
+    """Run one step of ``phase`` on ``batch`` (FluxTraining.jl ``step!``); returns the step
+    state, ``learner.step``.  A cancelled step returns what it had stored.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> learner = ft.Learner(torch.nn.Linear(2, 1), torch.nn.functional.mse_loss, callbacks=[])
+        >>> ft.step_(learner, ft.TrainingPhase(), (torch.ones(3, 2), torch.zeros(3, 1))).xs.shape
+        torch.Size([3, 2])
+    """
+    try:
+        state = phase.step(learner, batch)
+    except CancelStepException:
+        return learner.step
+    return learner.step if state is None else state
+
+
+def _length(it: Any) -> int | None:
+    try:
+        return len(it)
+    except TypeError:
+        return None
+
+
+def epoch_(learner: Any, phase: Phase, dataiter: Iterable[Any] | None = None) -> None:
+    """Run one epoch of ``phase`` over ``dataiter`` (default: the phase's data on the learner;
+    FluxTraining.jl ``epoch!``).  ``learner.epoch_length`` holds ``len(dataiter)`` meanwhile.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> learner = ft.Learner(torch.nn.Linear(2, 1), torch.nn.functional.mse_loss, callbacks=[])
+        >>> data = [(torch.ones(3, 2), torch.zeros(3, 1))] * 4
+        >>> ft.epoch_(learner, ft.TrainingPhase(), data)
+        >>> learner.step.loss.shape
+        torch.Size([])
+    """
+    if dataiter is None:
+        dataiter = phase.dataiter(learner)
+        if dataiter is None:
+            role = "validation" if isinstance(phase, AbstractValidationPhase) else "training"
+            raise ValueError(
+                f"epoch_: no data for {phase!r}: the learner has no {role} data; pass it to "
+                f"Learner(..., data=(train, valid)) or as epoch_(learner, phase, data)"
+            )
+    learner.epoch_length = _length(dataiter)
+    try:
+        phase.epoch(learner, dataiter)
+    except CancelEpochException:
+        pass
+    finally:
+        learner.epoch_length = None
