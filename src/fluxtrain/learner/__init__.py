@@ -28,6 +28,7 @@ from .exceptions import (
     ProtectedAccessError,
 )
 from .learner import FitProgress, Learner, LearnerData, fit_
+from .lr_find import LRFinderResult, lr_find
 from .phases import (
     AbstractTrainingPhase,
     AbstractValidationPhase,
@@ -57,6 +58,7 @@ __all__ = [
     "FitEnd",
     "FitException",
     "FitProgress",
+    "LRFinderResult",
     "Learner",
     "LearnerData",
     "LossBegin",
@@ -70,6 +72,7 @@ __all__ = [
     "epoch_",
     "events",
     "fit_",
+    "lr_find",
     "runepoch",
     "runstep",
     "step_",

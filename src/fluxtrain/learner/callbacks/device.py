@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...optimisers import engine, leaves
+from ...optimisers import leaves
 from ...tree import children
 from ..callback import Callback
 from ..events import EpochBegin, Event, FitBegin, StepBegin
@@ -82,13 +82,12 @@ def move_model_and_state(model: Any, opt_state: Any, device: torch.device) -> No
     if opt_state is None:
         return
     for leaf in leaves(opt_state):
-        leaf.state = _move_state(leaf.state, device)
         like = getattr(leaf, "_like", None)
         if like is not None:
             leaf._like = (like[0], like[1], device)
-    # The update engine may lay out buffers per device: let it forget and rebuild them.
-    engine.forget(opt_state)
-    engine.prepare(opt_state, model)
+        # Assigning the state unpacks the leaf from the engine's flat buffers; the engine
+        # packs it again, on the new device, at the next update.
+        leaf.state = _move_state(leaf.state, device)
 
 
 class ToDevice(Callback):
