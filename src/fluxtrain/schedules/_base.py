@@ -29,7 +29,7 @@ class Schedule:
     ``s(t)`` (``t`` counts from 1), iterable (``s(1), s(2), ...``: forever, or ``len(s)`` values
     for a finite schedule), hashable, comparable by value and printable with its parameters.
     Subclass it (and decorate with :func:`dataclasses.dataclass` ``(frozen=True)``) to write
-    your own schedule.
+    your own schedule; :meth:`to_dict`/:meth:`from_dict` then work for it too.
 
     Example:
         >>> import dataclasses, fluxtrain as ft
@@ -41,7 +41,15 @@ class Schedule:
         >>> s = Halving(1.0)
         >>> s(3), [v for v, _ in zip(s, range(3))]
         (0.25, [1.0, 0.5, 0.25])
+        >>> ft.Schedule.from_dict(s.to_dict())
+        Halving(start=1.0)
     """
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        # every schedule class, ours or a user's, can be rebuilt by name in from_dict
+        if not cls.__name__.startswith("_"):
+            _REGISTRY[cls.__name__] = cls
 
     def __call__(self, t: float) -> Any:
         """The schedule's value at iteration ``t`` (``t = 1`` is the first iteration)."""
@@ -143,10 +151,8 @@ def _decode(d: Any) -> Any:
 
 
 def schedule_class(cls: S) -> S:
-    """Make ``cls`` a frozen dataclass and register it for :meth:`Schedule.from_dict`."""
-    cls = dataclasses.dataclass(frozen=True)(cls)
-    _REGISTRY[cls.__name__] = cls
-    return cls
+    """Make ``cls`` a frozen dataclass (immutable, hashed and compared by value)."""
+    return dataclasses.dataclass(frozen=True)(cls)
 
 
 # ---------------------------------------------------------------------------------------------
