@@ -103,6 +103,49 @@ def test_apply_on_a_flat_buffer_equals_apply_per_parameter():
     assert flat[0] == per[0][0] == 4
 
 
+def test_leaves_with_equal_schedules_and_counters_share_one_apply_call(monkeypatch):
+    calls = []
+    apply = ft.Scheduler.apply
+
+    def counting(self, state, x, dx):
+        calls.append(x.numel())
+        return apply(self, state, x, dx)
+
+    monkeypatch.setattr(ft.Scheduler, "apply", counting)
+    model = {"a": torch.randn(3, 2), "b": torch.randn(4), "c": torch.randn(5)}
+    start = {k: v.clone() for k, v in model.items()}
+    st = ft.setup(ft.Scheduler(ft.Descent, ft.Exp(0.1, 0.5)), model)
+    g = {k: torch.ones_like(v) for k, v in model.items()}
+    ft.update_(st, model, g)
+    ft.freeze_(st["a"])
+    ft.update_(st, model, g)
+    ft.thaw_(st)
+    ft.update_(st, model, g)
+    # one call for all three; then b and c alone; then a (t=2) and b, c (t=3) apart
+    assert calls[:2] == [15, 9] and sorted(calls[2:]) == [6, 9]
+    torch.testing.assert_close(model["a"], start["a"] - (0.1 + 0.05))
+    torch.testing.assert_close(model["b"], start["b"] - (0.1 + 0.05 + 0.025))
+
+
+def test_global_clipnorm_cannot_be_scheduled():
+    def make(omega):
+        return ft.OptimiserChain(ft.ClipNorm(omega, scope="global"), ft.Descent())
+
+    with pytest.raises(ValueError, match="first in an OptimiserChain around the Scheduler"):
+        ft.Scheduler(make, ft.Exp(1.0, 0.5))
+
+
+def test_engine_sees_a_throwing_clipnorm_inside_a_scheduler():
+    def make(eta):
+        return ft.OptimiserChain(ft.ClipNorm(1.0), ft.Descent(eta))
+
+    x = torch.zeros(2)
+    st = ft.setup(ft.Scheduler(make, ft.Exp(1.0, 0.5)), x)
+    with pytest.raises(ft.NonFiniteGradientError):
+        ft.update_(st, x, torch.tensor([1.0, float("nan")]))
+    assert torch.equal(x, torch.zeros(2)) and st.state[0] == 1
+
+
 def test_tuple_hyperparameters_can_hold_schedules():
     rule = ft.Scheduler(ft.Adam, eta=0.01, beta=(ft.Exp(0.9, 1.0), 0.999))
     assert rule.rule_at(7) == ft.Adam(0.01, (0.9, 0.999))

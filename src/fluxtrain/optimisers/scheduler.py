@@ -73,6 +73,14 @@ def _parameter_names(constructor: Any) -> tuple[list[str], bool]:
     return names, var_kw
 
 
+def _has_global_clip(rule: Rule) -> bool:
+    if isinstance(rule, _rules.ClipNorm):
+        return rule.scope == "global"
+    if isinstance(rule, _rules.OptimiserChain):
+        return any(_has_global_clip(r) for r in rule.opts)
+    return False
+
+
 def _name(constructor: Any) -> str:
     return getattr(constructor, "__name__", repr(constructor))
 
@@ -155,6 +163,12 @@ class Scheduler(Rule):
             raise type(e)(f"Scheduler: {who}({values}) at t=1 failed: {e}") from e
         if not isinstance(first, Rule):
             raise TypeError(f"Scheduler: {who}(...) must return a rule, got {first!r}")
+        if _has_global_clip(first):
+            raise ValueError(
+                "Scheduler: ClipNorm(scope='global') cannot be scheduled (the engine clips "
+                "globally before any rule runs); put it first in an OptimiserChain around the "
+                "Scheduler: OptimiserChain(ClipNorm(1.0, scope='global'), Scheduler(...))"
+            )
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.schedules)
@@ -180,6 +194,11 @@ class Scheduler(Rule):
                 cache.clear()
             cache[t] = rule
         return rule
+
+    def inner_rules(self) -> tuple[Rule, ...]:
+        """The rule this Scheduler builds (at ``t = 1``), for engine checks such as ClipNorm's
+        ``throw`` that look inside wrapping rules."""
+        return (self.rule_at(1),)
 
     def init(self, x: Any) -> tuple[int, Any]:
         return (1, self.rule_at(1).init(x))
