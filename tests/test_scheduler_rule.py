@@ -135,15 +135,23 @@ def test_global_clipnorm_cannot_be_scheduled():
         ft.Scheduler(make, ft.Exp(1.0, 0.5))
 
 
-def test_engine_sees_a_throwing_clipnorm_inside_a_scheduler():
+@pytest.mark.parametrize("bad", ["a", "b"])
+def test_engine_sees_a_throwing_clipnorm_inside_a_scheduler(bad):
     def make(eta):
         return ft.OptimiserChain(ft.ClipNorm(1.0), ft.Descent(eta))
 
-    x = torch.zeros(2)
-    st = ft.setup(ft.Scheduler(make, ft.Exp(1.0, 0.5)), x)
+    model = {"a": torch.zeros(2), "b": torch.zeros(2)}
+    st = ft.setup(ft.Scheduler(make, ft.Exp(1.0, 0.5)), model)
+    ft.freeze_(st["a"])
+    ft.update_(st, model, {"a": torch.ones(2), "b": torch.ones(2)})
+    ft.thaw_(st)  # now two groups (counters 1 and 2), whichever the engine runs first
+    before = {k: v.clone() for k, v in model.items()}
+    g = {"a": torch.ones(2), "b": torch.ones(2)}
+    g[bad] = torch.tensor([1.0, float("nan")])
     with pytest.raises(ft.NonFiniteGradientError):
-        ft.update_(st, x, torch.tensor([1.0, float("nan")]))
-    assert torch.equal(x, torch.zeros(2)) and st.state[0] == 1
+        ft.update_(st, model, g)
+    assert all(torch.equal(model[k], before[k]) for k in model)
+    assert (st["a"].state[0], st["b"].state[0]) == (1, 2)
 
 
 def test_tuple_hyperparameters_can_hold_schedules():
