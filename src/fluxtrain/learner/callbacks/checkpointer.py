@@ -24,8 +24,15 @@ __all__ = ["Checkpointer"]
 
 
 def _torch_save(path: Any, model: Any, opt_state: Any, learner: dict[str, Any]) -> None:
-    # Stand-in while fluxtrain.checkpoint has no save(): one torch.save file.
-    torch.save({"model": model, "opt_state": opt_state, "learner": learner}, path)
+    # Stand-in while fluxtrain.checkpoint has no save(): one torch.save file, written under a
+    # temporary name and renamed so that a failure leaves the previous file as it was.
+    tmp = Path(str(path) + ".partial")
+    try:
+        torch.save({"model": model, "opt_state": opt_state, "learner": learner}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def default_save() -> Callable[..., None]:
@@ -47,9 +54,10 @@ class Checkpointer(Callback):
 
     Inside :func:`~fluxtrain.fit_` a checkpoint is written once both phases of an epoch are
     done, named from ``filename`` (a format string with ``epoch``, 1-based) in ``folder``;
-    outside ``fit_`` after each training epoch.  The file is written under a temporary name and
-    renamed, so a failed save leaves earlier checkpoints as they were.  ``saved`` lists the
-    checkpoints written (oldest first).
+    outside ``fit_`` after each training epoch.  ``save_fn(path, model=, opt_state=, learner=)``
+    writes it (default ``fluxtrain.checkpoint.save``, which writes atomically, so a failed save
+    leaves earlier checkpoints as they were).  ``saved`` lists the checkpoints written (oldest
+    first); resume from one with ``ft.fit_(learner, n, resume=path)``.
 
     Example:
         >>> from fluxtrain.callbacks import Checkpointer
@@ -65,7 +73,7 @@ class Checkpointer(Callback):
         folder: str | os.PathLike[str],
         every: int = 1,
         keep: int | None = None,
-        filename: str = "epoch_{epoch:03d}.ckpt",
+        filename: str = "epoch_{epoch:03d}.safetensors",
         save_fn: Callable[..., None] | None = None,
     ) -> None:
         if every < 1:
@@ -97,18 +105,8 @@ class Checkpointer(Callback):
     def save(self, learner: Any, path: Path) -> None:
         """Write one checkpoint of ``learner`` to ``path``."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        _remove(tmp)
         save = self.save_fn or default_save()
-        try:
-            save(
-                tmp, model=learner.model, opt_state=learner.opt_state, learner=learner.state_dict()
-            )
-        except BaseException:
-            _remove(tmp)
-            raise
-        _remove(path)
-        os.replace(tmp, path)
+        save(path, model=learner.model, opt_state=learner.opt_state, learner=learner.state_dict())
         self.saved = [p for p in self.saved if p != path] + [path]
         if self.keep is not None:
             while len(self.saved) > self.keep:
