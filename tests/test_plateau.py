@@ -132,3 +132,12 @@ def test_accepts_a_scalar_tensor_metric():
 def test_bad_arguments_raise_clear_errors(make, err, match):
     with pytest.raises(err, match=match):
         make()
+
+
+def test_drives_a_fixed_field_of_a_scheduler_rule_and_keeps_its_schedules():
+    rule = ft.Scheduler(ft.Momentum, eta=0.05, rho=ft.Exp(0.9, 1.0))
+    st = ft.setup(rule, torch.zeros(2))
+    p = ft.ReduceLROnPlateau(opt_state=st, patience=0, factor=0.5)
+    assert p.value == 0.05
+    run(p, [1.0, 1.0])
+    assert st.rule == ft.Scheduler(ft.Momentum, eta=0.025, rho=ft.Exp(0.9, 1.0))

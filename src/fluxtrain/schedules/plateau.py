@@ -24,6 +24,9 @@ def _rule_value(rule: Rule, field: str) -> Any:
             if v is not None:
                 return v
         return None
+    if hasattr(rule, "rule_at") and hasattr(rule, "schedules"):  # a Scheduler: fixed fields only
+        v = dict(rule.schedules).get(field)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
     return rule.hyperparameters().get(field)
 
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._base import Schedule, check_callable, check_count, check_real, length_of, schedule_class
+from ._base import (
+    Schedule,
+    as_schedule,
+    check_callable,
+    check_count,
+    check_real,
+    length_of,
+    schedule_class,
+)
 
 __all__ = ["Warmup", "warmup"]
 
@@ -66,6 +74,4 @@ def warmup(schedule: Any, nsteps: int, start: float = 0.0) -> Warmup:
         >>> ft.warmup(0.1, 2)(2)
         0.05
     """
-    from ._base import as_schedule
-
     return Warmup(as_schedule(schedule), nsteps, start)
