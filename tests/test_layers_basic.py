@@ -244,3 +244,45 @@ def test_flatten_keeps_the_batch_dimension_first():
     assert ft.flatten(x)[1].tolist() == x[1].reshape(-1).tolist()
     c = ft.Chain(ft.flatten, ft.Dense(12, 2))
     assert c(x).shape == (2, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scale, Maxout, Bilinear
+
+
+def test_scale_is_elementwise_affine_over_the_last_dimensions():
+    s = ft.Scale(2, 3, ft.relu)
+    with torch.no_grad():
+        s.scale.copy_(torch.randn(2, 3))
+        s.bias.copy_(torch.randn(2, 3))
+    x = torch.randn(4, 2, 3)
+    torch.testing.assert_close(s(x), torch.relu(x * s.scale + s.bias))
+    assert ft.Scale(3, bias=False).bias is None
+    with pytest.raises(ValueError, match=r"last dimensions are \(2, 3\)"):
+        s(torch.randn(4, 3, 2))
+    assert_every_parameter_gets_a_gradient(ft.Scale(3), lambda m: (m(x[:, 0]) * x[:, 1]).sum())
+
+
+def test_maxout_takes_the_elementwise_maximum_of_its_layers():
+    a, b = ft.Dense(3, 2), ft.Dense(3, 2)
+    m = ft.Maxout(a, b)
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(m(x), torch.maximum(a(x), b(x)))
+    made = ft.Maxout(lambda: ft.Dense(3, 2), 3)
+    assert len(made.layers) == 3 and made.layers[0] is not made.layers[1]
+
+
+def test_bilinear_matches_torch_bilinear():
+    ours = ft.Bilinear((4, 5), 3, ft.tanh)
+    theirs = nn.Bilinear(4, 5, 3)
+    with torch.no_grad():
+        theirs.weight.copy_(ours.weight)
+        ours.bias.copy_(torch.randn(3))
+        theirs.bias.copy_(ours.bias)
+    x, y = torch.randn(6, 4), torch.randn(6, 5)
+    torch.testing.assert_close(ours(x, y), torch.tanh(theirs(x, y)))
+    torch.testing.assert_close(ours((x, y)), ours(x, y))
+    square = ft.Bilinear(4, 2)
+    torch.testing.assert_close(square(x), square(x, x))
+    assert square._flux_line() == "Bilinear((4, 4) => 2)"
+    assert_every_parameter_gets_a_gradient(ours, lambda m: m(x, y).sum())

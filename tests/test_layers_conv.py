@@ -139,3 +139,20 @@ def test_gradients_flow_through_conv_layers_and_pools():
     )
     assert model(x).shape == (2, 2)
     assert_every_parameter_gets_a_gradient(model, lambda m: m(x).pow(2).sum())
+
+
+def test_upsample_matches_torch_interpolation():
+    x = torch.randn(2, 3, 4, 5)
+    torch.testing.assert_close(ft.Upsample(scale=2)(x), nn.Upsample(scale_factor=2)(x))
+    torch.testing.assert_close(ft.Upsample(3)(x), nn.Upsample(scale_factor=3)(x))
+    ref = nn.Upsample(size=(7, 9), mode="bilinear", align_corners=True)(x)
+    torch.testing.assert_close(ft.Upsample("bilinear", size=(7, 9))(x), ref)
+    with pytest.raises(ValueError, match="exactly one"):
+        ft.Upsample()
+    with pytest.raises(ValueError, match="2 spatial"):
+        ft.Upsample("bilinear", scale=2)(torch.randn(2, 3, 4))
+
+
+def test_pixelshuffle_matches_torch():
+    x = torch.randn(2, 12, 3, 4)
+    torch.testing.assert_close(ft.PixelShuffle(2)(x), nn.PixelShuffle(2)(x))

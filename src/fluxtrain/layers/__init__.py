@@ -23,6 +23,8 @@ from .recurrent import *  # noqa: F403
 from .recurrent import __all__ as _recurrent
 from .show import *  # noqa: F403
 from .show import __all__ as _show
+from .upsample import *  # noqa: F403
+from .upsample import __all__ as _upsample
 
 __all__ = [
     *_activations,
@@ -34,4 +36,5 @@ __all__ = [
     *_normalise,
     *_recurrent,
     *_show,
+    *_upsample,
 ]

@@ -21,11 +21,21 @@ from .core import (
     match_input,
     unwrap,
 )
-from .init import glorot_uniform, randn32
+from .init import glorot_uniform, ones32, randn32
 from .modes import auto_mode
 from .show import function_name, layer_line
 
-__all__ = ["Chain", "Dense", "Embedding", "Parallel", "SkipConnection", "flatten"]
+__all__ = [
+    "Bilinear",
+    "Chain",
+    "Dense",
+    "Embedding",
+    "Maxout",
+    "Parallel",
+    "Scale",
+    "SkipConnection",
+    "flatten",
+]
 
 
 def flatten(x: torch.Tensor) -> torch.Tensor:
@@ -384,3 +394,140 @@ class Embedding(Layer):
 
     def _flux_line(self) -> str:
         return f"Embedding({self.weight.shape[0]} => {self.weight.shape[1]})"
+
+
+class Scale(Layer):
+    """Elementwise affine map, ``y = act(scale ⊙ x + bias)``, with ``scale`` and ``bias`` of
+    shape ``size`` broadcast over the leading (batch) dimensions (Flux's ``Scale``).
+
+    ``Scale(3)``, ``Scale(2, 3, relu)``, ``Scale(3, bias=False, init=ft.ones32)``.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> s = ft.Scale(2)
+        >>> s
+        Scale(2)            # 4 parameters
+        >>> s(torch.ones(4, 2)).shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(
+        self,
+        *size_act: Any,
+        bias: bool = True,
+        init: Callable[..., torch.Tensor] = ones32,
+    ):
+        super().__init__()
+        args = list(size_act)
+        act = args.pop() if args and callable(args[-1]) else None
+        if not args or not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+            raise ValueError(f"Scale needs integer sizes, e.g. Scale(3), got {size_act!r}")
+        self.size = tuple(args)
+        self.act = act_or_identity(act)
+        self.scale = nn.Parameter(_init_tensor(init, self.size, "Scale"))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(self.size, dtype=self.scale.dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Any) -> torch.Tensor:
+        x = match_input(x, self.scale, self)
+        n = len(self.size)
+        if tuple(x.shape[x.dim() - n :]) != self.size:
+            raise ValueError(
+                f"{self._flux_line()} expects input whose last dimensions are {self.size}, got "
+                f"shape {tuple(x.shape)}"
+            )
+        y = x * self.scale
+        if self.bias is not None:
+            y = y + self.bias
+        return self.act(y)
+
+    def _flux_line(self) -> str:
+        nobias = "; bias=False" if self.bias is None else ""
+        return f"Scale({', '.join(map(str, self.size))}{act_suffix(self.act)}{nobias})"
+
+
+class Maxout(Layer):
+    """The elementwise maximum of several layers applied to the same input (Goodfellow et al.
+    2013, arXiv:1302.4389; Flux's ``Maxout``).
+
+    ``Maxout(l1, l2, ...)`` or ``Maxout(make_layer, n)`` calling ``make_layer()`` ``n`` times.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> m = ft.Maxout(lambda: ft.Dense(3, 2), 4)
+        >>> len(m.layers), m(torch.ones(5, 3)).shape
+        (4, torch.Size([5, 2]))
+    """
+
+    def __init__(self, *layers: Any):
+        super().__init__()
+        if len(layers) == 2 and callable(layers[0]) and isinstance(layers[1], int):
+            make, n = layers
+            if not isinstance(make, nn.Module):
+                layers = tuple(make() for _ in range(n))
+        if not layers:
+            raise ValueError("Maxout needs at least one layer")
+        self.layers = nn.ModuleList([as_module(v) for v in layers])
+
+    def forward(self, x: Any) -> Any:
+        out = None
+        for layer in self.layers:
+            y = _call(layer, x)
+            out = y if out is None else torch.maximum(out, y)
+        return out
+
+    def _flux_children(self) -> list[tuple[Any, Any]]:
+        return [(None, m) for m in self.layers]
+
+    def _flux_line(self) -> str:
+        return f"Maxout({', '.join(layer_line(m) for m in self.layers)})"
+
+
+class Bilinear(Layer):
+    """Bilinear map of two inputs, ``z_k = act(x W_k yᵀ + b_k)`` (Flux's
+    ``Bilinear((in1, in2) => out, σ)``), written ``Bilinear((in1, in2), out, act)``.
+
+    ``weight`` has shape ``(out, in1, in2)`` as in ``nn.Bilinear``; drawn with
+    ``init(out, in1, in2)``.  Called as ``m(x, y)``, ``m((x, y))``, or ``m(x)`` for ``m(x, x)``;
+    ``x`` is ``(N, in1)``, ``y`` ``(N, in2)``.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> ft.Bilinear((4, 5), 3)(torch.rand(2, 4), torch.rand(2, 5)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        ins: tuple[int, int] | int,
+        out: int,
+        act: Callable[..., Any] | None = None,
+        *,
+        bias: bool | torch.Tensor = True,
+        init: Callable[..., torch.Tensor] = glorot_uniform,
+    ):
+        super().__init__()
+        in1, in2 = (ins, ins) if isinstance(ins, int) else tuple(ins)
+        for v in (in1, in2, out):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"Bilinear: sizes must be positive integers, got {ins!r}, {out!r}")
+        self.act = act_or_identity(act)
+        weight = _init_tensor(init, (out, in1, in2), "Bilinear")
+        self.weight = nn.Parameter(weight)
+        self.bias = _make_bias(bias, out, weight, "Bilinear")
+
+    def forward(self, x: Any, y: Any = None) -> torch.Tensor:
+        if y is None:
+            x, y = x if isinstance(x, tuple) else (x, x)
+        x = match_input(x, self.weight, self)
+        y = match_input(y, self.weight, self)
+        check_size(self, x, -1, self.weight.shape[1], "features (first input)")
+        check_size(self, y, -1, self.weight.shape[2], "features (second input)")
+        return self.act(F.bilinear(x, y, self.weight, self.bias))
+
+    def _flux_line(self) -> str:
+        out, in1, in2 = self.weight.shape
+        nobias = "; bias=False" if self.bias is None else ""
+        return f"Bilinear(({in1}, {in2}) => {out}{act_suffix(self.act)}{nobias})"
