@@ -11,6 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import fluxtrain as ft
+from fluxtrain.mode import is_differentiating
 
 
 def _dense_1_1(weight: float = 0.0) -> nn.Linear:
@@ -319,3 +320,24 @@ def test_missing_optimiser_state_is_a_clear_error():
         ft.train_(lambda m, x: m(x).sum(), model, [torch.ones(1)], None)
     with pytest.raises(TypeError, match="Adam"):
         ft.train_(lambda m, x: m(x).sum(), model, [torch.ones(1)], ft.Adam)
+
+
+@pytest.mark.parametrize("kind", ["module", "tree"])
+def test_automatic_train_mode_is_on_while_the_loss_runs_only(kind):
+    model = _dense_1_1() if kind == "module" else _as_tree(_dense_1_1())
+    opt_state = ft.setup(ft.Descent(0.1), model)
+    in_loss, in_data = [], []
+
+    def data():
+        for _ in range(2):
+            in_data.append(is_differentiating())
+            yield torch.ones(1)
+
+    def loss(m, x):
+        in_loss.append(is_differentiating())
+        return _apply(m, x).sum()
+
+    ft.train_(loss, model, data(), opt_state)
+    assert in_loss == [True, True]
+    assert in_data == [False, False]
+    assert not is_differentiating()

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .gradient import _split_output, withgradient
-from .mode import differentiating
+from .mode import _DIFFERENTIATING
 from .optimisers.rules import Rule
 from .optimisers.state import setup, unwrap, update_
 from .tree import trainables
@@ -225,21 +225,28 @@ def _train_module(
     losses: list[float] = []
     amp = _autocast(autocast, params)
     try:
-        for i, d in enumerate(data):
-            args = _arguments(d)
-            with torch.enable_grad(), differentiating(), amp:
-                out = loss(model, *args)
-            lossval, _ = _split_output(out)
-            val = lossval.item() if isinstance(lossval, torch.Tensor) else float(lossval)
-            if not math.isfinite(val):
-                raise NonFiniteLossError(val, i)
-            if isinstance(lossval, torch.Tensor) and lossval.requires_grad:
-                torch.autograd.backward(lossval, inputs=params)
-                update_(opt_state, model)
-                for p in params:
-                    p.grad = None
-            losses.append(val)
-            bar.step(val)
+        # Grad mode is switched on once for the loop; the automatic train mode (a context
+        # variable, set directly as this is the hot path) only while the loss runs.
+        with torch.enable_grad():
+            for i, d in enumerate(data):
+                args = _arguments(d)
+                token = _DIFFERENTIATING.set(True)
+                try:
+                    with amp:
+                        out = loss(model, *args)
+                finally:
+                    _DIFFERENTIATING.reset(token)
+                lossval, _ = _split_output(out)
+                val = lossval.item() if isinstance(lossval, torch.Tensor) else float(lossval)
+                if not math.isfinite(val):
+                    raise NonFiniteLossError(val, i)
+                if isinstance(lossval, torch.Tensor) and lossval.requires_grad:
+                    torch.autograd.backward(lossval, inputs=params)
+                    update_(opt_state, model)
+                    for p in params:
+                        p.grad = None
+                losses.append(val)
+                bar.step(val)
     finally:
         for p, g in zip(params, saved):
             p.grad = g
