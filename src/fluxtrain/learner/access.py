@@ -79,6 +79,7 @@ _READ_ONLY_LEAF.read = True
 _WRITE_LEAF = Permissions()
 _WRITE_LEAF.read = _WRITE_LEAF.write = True
 _BAGS = (StepState, CallbackState)
+_BAG_METHODS = frozenset({"get", "keys", "items"})
 
 
 def _wrap(value: Any, node: Permissions, path: str, owner: Any) -> Any:
@@ -122,6 +123,8 @@ class GuardedView:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
+        if name in _BAG_METHODS and isinstance(self._ft_target, CallbackState):
+            return getattr(self, "_ft_" + name)
         name = _ALIASES.get(name, name)
         node = self._ft_node
         child = node.children.get(name)
@@ -151,6 +154,16 @@ class GuardedView:
             delattr(self._ft_target, name)
             return
         raise self._ft_denied(name, "wrote")
+
+    # The lookup methods of ``cbstate`` check each entry as attribute access does.
+    def _ft_get(self, name: str, default: Any = None) -> Any:
+        return self.__getattr__(name) if name in self._ft_target else default
+
+    def _ft_keys(self) -> list[str]:
+        return list(self._ft_target)
+
+    def _ft_items(self) -> list[tuple[str, Any]]:
+        return [(k, self.__getattr__(k)) for k in self._ft_target]
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str) and isinstance(self._ft_target, _BAGS):

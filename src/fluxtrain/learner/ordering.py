@@ -108,7 +108,7 @@ def _warn_unwritten(callbacks: Sequence[Any], decl: list) -> None:
                     f"{cb!r} reads {_fmt(r)} but no callback writes it; add the callback that "
                     f"does (e.g. Metrics() for cbstate.metrics_*, Recorder() for "
                     f"cbstate.history)",
-                    stacklevel=4,
+                    stacklevel=5,
                 )
 
 

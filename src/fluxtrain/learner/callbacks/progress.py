@@ -33,7 +33,8 @@ class ProgressBar(Callback):
     """A tqdm progress bar per epoch showing the smoothed loss.
 
     ``disable=None`` (default) hides it when the output is not a terminal; ``file`` is where
-    it is drawn (``sys.stderr`` by default).
+    it is drawn (``sys.stderr`` by default); ``mininterval`` is tqdm's minimum time between
+    redraws in seconds.
 
     Example:
         >>> from fluxtrain.callbacks import ProgressBar
@@ -44,9 +45,12 @@ class ProgressBar(Callback):
     reads = ("cbstate.metrics_step", "cbstate.metrics_epoch", "epoch_length", "epoch", "progress")
     handles = (EpochBegin, StepEnd, EpochEnd, FitEnd)
 
-    def __init__(self, disable: bool | None = None, file: IO[str] | None = None) -> None:
+    def __init__(
+        self, disable: bool | None = None, file: IO[str] | None = None, mininterval: float = 0.1
+    ) -> None:
         self.disable = disable
         self.file = file
+        self.mininterval = mininterval
         self._bar: Any = None
 
     def _close(self) -> None:
@@ -73,6 +77,7 @@ class ProgressBar(Callback):
                     file=self.file if self.file is not None else sys.stderr,
                     leave=False,
                     dynamic_ncols=True,
+                    mininterval=self.mininterval,
                 )
         else:
             self._close()

@@ -164,7 +164,7 @@ class SanityCheck(Callback):
                 )
             if not loss.is_floating_point():
                 raise _Failed(f"lossfn returned a {loss.dtype} tensor; it must be floating point")
-            v = float(loss)
+            v = float(loss.detach())
         elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
             v = float(loss)
         else:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from ..callback import Callback
 from ..events import BackwardEnd, EpochEnd, Event, StepEnd
 from ..exceptions import CancelFittingException
@@ -42,7 +44,7 @@ class StopOnNaNLoss(Callback):
         loss = learner.step.loss
         if loss is None:
             return
-        v = float(loss)
+        v = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
         if not math.isfinite(v):
             when = (
                 "stopped before updating the parameters"
