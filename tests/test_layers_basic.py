@@ -215,7 +215,7 @@ def test_parallel_one_input_many_inputs_and_named():
     ya, yb = named(x1)
     torch.testing.assert_close(ya, a(x1))
     torch.testing.assert_close(yb, b(x1))
-    assert named["left"] is a
+    assert named["left"] is a and named.right is b
     assert ft.setup(ft.Descent(), named).layers.right.weight is not None
     with pytest.raises(ValueError, match="2 layers got 3 inputs"):
         p(x1, x2, x1)
@@ -286,3 +286,12 @@ def test_bilinear_matches_torch_bilinear():
     torch.testing.assert_close(square(x), square(x, x))
     assert square._flux_line() == "Bilinear((4, 4) => 2)"
     assert_every_parameter_gets_a_gradient(ours, lambda m: m(x, y).sum())
+
+
+def test_reserved_names_are_refused_for_named_layers():
+    with pytest.raises(ValueError, match="reserved"):
+        ft.Chain(layers=ft.Dense(2, 2))
+    with pytest.raises(ValueError, match="reserved"):
+        ft.Chain(named=ft.Dense(2, 2))
+    with pytest.raises(ValueError, match="reserved"):
+        ft.Parallel(None, layers=ft.Dense(2, 2))

@@ -95,7 +95,7 @@ class Chain(Layer):
             layers = tuple(layers[0])  # Flux's Chain([l1, l2])
         if named:
             for k in named:
-                if k in ("layers", "forward", "training") or hasattr(nn.Module, k):
+                if k == "layers" or hasattr(type(self), k):
                     raise ValueError(f"Chain: the name {k!r} is reserved, choose another")
             self.layers = nn.ModuleDict({k: as_module(v) for k, v in named.items()})
         else:
@@ -283,7 +283,8 @@ class Parallel(Layer):
     ``Parallel(connection, l1, l2)(x1, x2) == connection(l1(x1), l2(x2))`` (also for a tuple
     ``(x1, x2)``); with a single layer and several inputs, that layer is applied to each.
     ``connection=None`` returns the tuple of results.  Layers may be named:
-    ``Parallel(connection, a=..., b=...)``; they live in ``.layers``.
+    ``Parallel(connection, a=..., b=...)``, reached as ``p.a`` or ``p["a"]``; they live in
+    ``.layers``.
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -303,6 +304,9 @@ class Parallel(Layer):
             raise ValueError("Parallel needs at least one layer")
         self.connection = connection
         if named:
+            for k in named:
+                if k in ("layers", "connection") or hasattr(type(self), k):
+                    raise ValueError(f"Parallel: the name {k!r} is reserved, choose another")
             self.layers = nn.ModuleDict({k: as_module(v) for k, v in named.items()})
         else:
             self.layers = nn.ModuleList([as_module(v) for v in layers])
@@ -333,6 +337,15 @@ class Parallel(Layer):
 
     def __getitem__(self, i: int | str) -> Any:
         return unwrap(self.layers[i])
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            layers = self._modules.get("layers")
+            if isinstance(layers, nn.ModuleDict) and name in layers:
+                return unwrap(layers[name])
+            raise
 
     def __len__(self) -> int:
         return len(self.layers)

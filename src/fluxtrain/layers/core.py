@@ -138,7 +138,8 @@ def match_input(x: Any, ref: torch.Tensor, layer: nn.Module) -> torch.Tensor:
 def check_size(layer: nn.Module, x: torch.Tensor, dim: int, expected: int, what: str) -> None:
     """Raise a clear error when ``x.shape[dim] != expected``."""
     if x.dim() == 0 or x.dim() <= (dim if dim >= 0 else -dim - 1) or x.shape[dim] != expected:
+        where = "its last dimension" if dim == -1 else f"dimension {dim}"
         raise ValueError(
-            f"{layer._flux_line()} expects {expected} {what} in dimension {dim} of its input, "
+            f"{layer._flux_line()} expects {expected} {what} in {where} of its input, "
             f"got input of shape {tuple(x.shape)}"
         )
