@@ -234,6 +234,18 @@ def test_node_attribute_and_index_access_mirror_the_model():
     assert nt[0] == 1 and nt.y == 2
 
 
+def test_node_negative_index_counts_from_the_end():
+    seq = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    st = ft.setup(ft.Descent(), seq)
+    assert st[-1] is st[2] and st[-1].weight is st["2"].weight
+    assert st[-3] is st[0]
+    nt = Node("namedtuple", {"x": 1, "y": 2})
+    assert nt[-1] == 2 and nt[-2] == 1
+    assert Node("tuple", {0: "a", 1: "b"})[-1] == "b"
+    with pytest.raises(KeyError):
+        _ = st[-4]
+
+
 def test_node_missing_child_errors_name_what_exists():
     n = Node("dict", {"a": 1})
     with pytest.raises(AttributeError, match="'a'"):

@@ -228,11 +228,17 @@ class Node:
         ch = self._children
         if key in ch and not isinstance(key, bool):
             return key
-        if isinstance(key, int):
+        if isinstance(key, int) and not isinstance(key, bool):
             if str(key) in ch:
                 return str(key)
-            if self._kind in ("tuple", "list", "namedtuple") and -len(ch) <= key < 0:
-                return key + len(ch)
+            # Negative positions count from the end, as on the tuple, list, namedtuple or
+            # nn.Sequential/ModuleList (children "0", "1", ...) the node mirrors.
+            if self._kind in ("tuple", "list", "namedtuple", "module") and -len(ch) <= key < 0:
+                key += len(ch)
+                if key in ch:
+                    return key
+                if str(key) in ch:
+                    return str(key)
             if self._kind in ("namedtuple", "module", "dataclass") and 0 <= key < len(ch):
                 return list(ch)[key]
         if isinstance(key, str) and key.isdigit() and int(key) in ch:
