@@ -112,6 +112,14 @@ def test_dict_and_namedtuple_data_keep_their_structure():
     assert torch.equal(nested[0], X[nested[1]["y"]])
 
 
+def test_a_list_inside_a_tuple_is_a_source_of_observations():
+    X = torch.arange(10).reshape(5, 2)
+    names = ["a", "b", "c", "d", "e"]
+    x, n = next(iter(DataLoader((X, names), batchsize=3, shuffle=True, rng=0)))
+    assert [names.index(v) for v in n] == (x[:, 0] // 2).tolist()
+    assert list(DataLoader((X, names), batchsize=2))[2][1] == ["e"]
+
+
 def test_two_positional_arrays_mean_a_tuple_as_in_old_flux():
     X, Y = torch.rand(7, 2), torch.arange(7)
     x, y = next(iter(DataLoader(X, Y, batchsize=3)))
@@ -128,6 +136,8 @@ def test_mismatched_observation_counts_name_the_items_and_sizes():
         DataLoader((torch.rand(10, 2), torch.rand(9)))
     with pytest.raises(ValueError, match=r"data\['y'\] has 3"):
         DataLoader({"x": torch.rand(4), "y": torch.rand(3)})
+    with pytest.raises(ValueError, match="a collection of samples goes in a list"):
+        DataLoader(((torch.rand(3), torch.rand(2)), (torch.rand(3), torch.rand(2))))
     with pytest.raises(ValueError, match="0-d tensor"):
         DataLoader((torch.rand(4), torch.tensor(1.0)))
 

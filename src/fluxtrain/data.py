@@ -510,7 +510,8 @@ def _common_nobs(paths: list[tuple[str, Any]]) -> int:
         listed = ", ".join(f"{p} has {n}" for (p, _), n in zip(paths, sizes))
         raise ValueError(
             "DataLoader: all data items need the same number of observations along "
-            f"dimension 0 (batch first), but {listed}"
+            f"dimension 0 (batch first), but {listed} (a tuple holds data sources such as "
+            "(X, Y); a collection of samples goes in a list)"
         )
     return sizes[0]
 
