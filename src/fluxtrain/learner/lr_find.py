@@ -6,7 +6,8 @@ The learning rate grows exponentially from ``start`` to ``stop`` over ``nsteps``
 with a bias-corrected exponential moving average (fastai: ``avg = beta*avg + (1-beta)*loss``,
 ``smoothed = avg / (1 - beta**(i+1))``).  The sweep stops early once the smoothed loss exceeds
 ``diverge`` times its minimum or is not finite.  The suggested rate is where the smoothed loss
-falls fastest against ``log(lr)`` (the minimum of its numerical gradient).
+falls fastest against ``log(lr)`` (the minimum of its numerical gradient, leaving out the
+first tenth of the sweep, where the average is noisiest).
 
 It runs on copies of the model and optimiser state and without the learner's callbacks, so the
 learner is left exactly as it was (FluxTraining.jl ``src/advanced/lrfinder.jl`` does the sweep
@@ -66,6 +67,10 @@ class LRFinderResult:
 
 
 def _suggest(lrs: list[float], smoothed: list[float]) -> float:
+    # The first points carry the most noise (few batches averaged): leave out the first tenth,
+    # as fastai leaves out its first points (``skip_start``).
+    skip = len(lrs) // 10
+    lrs, smoothed = lrs[skip:], smoothed[skip:]
     if len(lrs) < 3:
         return lrs[int(np.argmin(smoothed))] / 10
     slope = np.gradient(np.asarray(smoothed), np.log(np.asarray(lrs)))
