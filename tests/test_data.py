@@ -401,3 +401,17 @@ def test_train_consumes_a_dataloader_of_tuples():
         progress=False,
     )
     assert len(losses) == 4
+
+
+def test_resume_through_a_checkpoint_file(tmp_path):
+    X = torch.arange(23)
+    expected = epochs(DataLoader(X, batchsize=4, shuffle=True, rng=np.random.default_rng(3)), 2)
+    run = DataLoader(X, batchsize=4, shuffle=True, rng=np.random.default_rng(3))
+    list(run)
+    it = iter(run)
+    first_two = [next(it).tolist() for _ in range(2)]
+    model = torch.nn.Linear(2, 1)
+    ft.save(tmp_path / "ckpt.safetensors", model=model, data=run)
+    resumed = DataLoader(X, batchsize=4, shuffle=True, rng=np.random.default_rng(99))
+    ft.load(tmp_path / "ckpt.safetensors", model=model, data=resumed)
+    assert first_two + [b.tolist() for b in resumed] == expected[1]
