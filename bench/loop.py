@@ -21,14 +21,17 @@ bench/results/loop.json.
 
     python bench/loop.py            # 12 timed epochs per row
     python bench/loop.py --quick    # 3 timed epochs per row, 4096 samples
+    python bench/loop.py --threads 1 --clock cpu   # steadier figures on a busy machine
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -130,11 +133,15 @@ def _lightning():
     return pl
 
 
-def lightning_epochs(X: torch.Tensor, Y: torch.Tensor, n_epochs: int) -> list[float] | None:
+def lightning_epochs(
+    X: torch.Tensor, Y: torch.Tensor, n_epochs: int, clock: Callable[[], float]
+) -> list[float] | None:
     """Seconds of each epoch of ``Trainer.fit`` (times taken by a callback), or None."""
     pl = _lightning()
     if pl is None:
         return None
+    for name in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # its banners are not results
 
     class Slices(torch.utils.data.Dataset):
         # One item per batch, cut by index slicing as in the other rows.
@@ -161,10 +168,10 @@ def lightning_epochs(X: torch.Tensor, Y: torch.Tensor, n_epochs: int) -> list[fl
             self.times: list[float] = []
 
         def on_train_epoch_start(self, trainer, module) -> None:
-            self.t0 = time.perf_counter()
+            self.t0 = clock()
 
         def on_train_epoch_end(self, trainer, module) -> None:
-            self.times.append(time.perf_counter() - self.t0)
+            self.times.append(clock() - self.t0)
 
     timer = EpochTimes()
     trainer = pl.Trainer(
@@ -178,7 +185,9 @@ def lightning_epochs(X: torch.Tensor, Y: torch.Tensor, n_epochs: int) -> list[fl
         callbacks=[timer],
     )
     loader = torch.utils.data.DataLoader(Slices(), batch_size=None, shuffle=False)
-    trainer.fit(Module(), loader)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Module(), loader)
     return timer.times
 
 
@@ -194,16 +203,21 @@ ROWS: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[nn.Module, Callable
 REFERENCE = "torch: hand loop, Adam(fused=True)"
 
 
+@torch.no_grad()
+def _max_difference(a: nn.Module, b: nn.Module) -> float:
+    return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
+
+
 def check_same_training(X: torch.Tensor, Y: torch.Tensor) -> float:
     """Largest parameter difference after one epoch between train_ and the torch loop."""
     a, epoch_a = torch_loop(X, Y)
     b, epoch_b = ft_train(X, Y)
     epoch_a()
     epoch_b()
-    return max(float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()))
+    return _max_difference(a, b)
 
 
-def measure(n: int, epochs: int) -> dict:
+def measure(n: int, epochs: int, clock: Callable[[], float]) -> dict:
     X, Y = make_data(n)
     steps = (n + BATCH - 1) // BATCH
     runners = {name: make(X, Y)[1] for name, make in ROWS.items()}
@@ -212,10 +226,10 @@ def measure(n: int, epochs: int) -> dict:
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(epochs):
         for name, run in runners.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             run()
-            times[name].append(time.perf_counter() - t0)
-    lightning = lightning_epochs(X, Y, epochs + 1)
+            times[name].append(clock() - t0)
+    lightning = lightning_epochs(X, Y, epochs + 1, clock)
     if lightning is not None:
         times["lightning: Trainer.fit"] = lightning[1:]  # its first epoch is the warm-up
 
@@ -250,18 +264,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples and epochs")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall time (default), or the CPU time of this thread: steadier on a busy machine "
+        "(use with --threads 1, as other threads' work is not counted)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "loop.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     n, epochs = (4096, 3) if args.quick else (16384, 12)
-    result = measure(n, epochs)
+    clock = time.perf_counter if args.clock == "wall" else time.thread_time
+    result = measure(n, epochs, clock)
+    result["clock"] = args.clock
 
     width = max(len(r["impl"]) for r in result["rows"])
     print(
         f"{result['samples']} samples x {FEATURES} features, batch {BATCH} "
         f"({result['steps_per_epoch']} steps/epoch), best of {epochs} epochs, "
-        f"{result['threads']} threads, torch {result['torch']}"
+        f"{result['threads']} threads, {args.clock} clock, torch {result['torch']}"
     )
     print(f"{'impl':<{width}}  s/epoch   us/step  vs torch loop")
     for r in result["rows"]:

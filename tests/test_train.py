@@ -341,3 +341,34 @@ def test_automatic_train_mode_is_on_while_the_loss_runs_only(kind):
     assert in_loss == [True, True]
     assert in_data == [False, False]
     assert not is_differentiating()
+
+
+def test_children_outside_layer_trainable_are_not_trained_nor_left_with_grad():
+    @ft.layer(trainable=("weight",))
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(2))
+            self.shift = nn.Parameter(torch.zeros(2))
+
+        def forward(self, x):
+            return x * self.weight + self.shift
+
+    model = Scale()
+    opt_state = ft.setup(ft.Descent(0.5), model)
+    ft.train_(lambda m, x: m(x).sum(), model, [torch.ones(2)], opt_state)
+    torch.testing.assert_close(model.weight.detach(), torch.full((2,), 0.5))
+    torch.testing.assert_close(model.shift.detach(), torch.zeros(2))
+    assert model.weight.grad is None and model.shift.grad is None
+
+
+def test_autocast_accepts_only_half_precision_dtypes():
+    model = _dense_1_1()
+    with pytest.raises(TypeError, match="autocast must be"):
+        ft.train_(
+            lambda m, x: m(x).sum(),
+            model,
+            [torch.ones(1)],
+            ft.setup(ft.Descent(), model),
+            autocast=torch.float64,
+        )

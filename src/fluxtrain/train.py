@@ -68,6 +68,8 @@ def _autocast(dtype: torch.dtype | None, tensors: Iterable[torch.Tensor]) -> Any
     """``torch.autocast`` on the device of the first parameter, or nothing without a dtype."""
     if dtype is None:
         return contextlib.nullcontext()
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise TypeError(f"autocast must be torch.bfloat16, torch.float16 or None, got {dtype!r}")
     first = next(iter(tensors), None)
     device_type = "cpu" if first is None else first.device.type
     return torch.autocast(device_type=device_type, dtype=dtype)
@@ -138,6 +140,7 @@ def train_(
       call only (momenta are then lost between calls).
     - ``autocast=torch.bfloat16`` (or ``float16``) runs the loss under ``torch.autocast`` on
       the device of the model's parameters (mixed precision; parameters stay as they are).
+      bfloat16 is the safe choice: float16 gradients can underflow without loss scaling.
     - With ``ft.params(model)`` as ``model`` and a rule as ``opt_state`` it is the implicit
       (Flux <= 0.13) ``train!``: ``loss(*d)``, callbacks ``cb`` after every item, ``ft.stop()``
       and ``ft.skip()`` (see :mod:`fluxtrain.implicit`).
