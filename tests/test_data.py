@@ -415,3 +415,18 @@ def test_resume_through_a_checkpoint_file(tmp_path):
     resumed = DataLoader(X, batchsize=4, shuffle=True, rng=np.random.default_rng(99))
     ft.load(tmp_path / "ckpt.safetensors", model=model, data=resumed)
     assert first_two + [b.tolist() for b in resumed] == expected[1]
+
+
+def test_shard_auto_reads_rank_and_world_size_from_fluxtrain_distributed(monkeypatch):
+    import fluxtrain.distributed as distributed
+
+    X = torch.arange(12)
+    parts = []
+    for r in range(3):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        monkeypatch.setattr(distributed, "world_size", lambda: 3)
+        loader = DataLoader(X, batchsize=2, shuffle=True, shard="auto")
+        assert loader.shard == (r, 3) and len(loader) == 2
+        parts.append(torch.cat(list(loader)).tolist())
+        assert repr(loader).endswith(f"shard=({r}, 3))  # 2 batches")
+    assert sorted(sum(parts, [])) == list(range(12))  # rng=None: the same seed on every rank
