@@ -44,7 +44,7 @@ class _Cell(Layer):
         super().__init__()
         name = type(self).__name__
         n_in, n_out, rest = in_out(name, args, f"{name}(in, out) or {name}((in, out))")
-        self._rest = rest
+        self._rest = rest  # the subclass reads its activation from what is left
         g = self._gates
         self.Wi = nn.Parameter(_init_tensor(init_kernel, (g * n_out, n_in), name))
         self.Wh = nn.Parameter(_init_tensor(init_recurrent_kernel, (g * n_out, n_out), name))
@@ -55,6 +55,7 @@ class _Cell(Layer):
 
     @property
     def out_features(self) -> int:
+        """The size of the hidden state."""
         return self.Wh.shape[1]
 
     def input_projection(self, x: Any) -> Tensor:
@@ -64,6 +65,7 @@ class _Cell(Layer):
         return F.linear(x, self.Wi, self.bias)
 
     def zero_state(self, gx: Tensor) -> Tensor:
+        """A zero hidden state matching the leading (batch) dimensions of ``gx``."""
         return gx.new_zeros((*gx.shape[:-1], self.out_features))
 
     def _flux_line(self) -> str:
@@ -94,6 +96,7 @@ class RNNCell(_Cell):
         self.act = act_or_identity(self._rest[0]) if self._rest else tanh
 
     def step(self, gx: Tensor, h: Tensor) -> Tensor:
+        """The new state from the input projection ``gx = Wi x + b`` and the state ``h``."""
         return self.act(gx + F.linear(h, self.Wh))
 
     def forward(self, x: Any, h: Tensor | None = None) -> Tensor:
@@ -134,6 +137,7 @@ class LSTMCell(_Cell):
             raise TypeError(f"LSTMCell: unexpected arguments {self._rest!r}")
 
     def step(self, gx: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(h', c')`` from the input projection ``gx = Wi x + b`` and the state ``(h, c)``."""
         h, c = state
         i, f, g, o = (gx + F.linear(h, self.Wh)).chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -175,6 +179,7 @@ class GRUCell(_Cell):
             raise TypeError(f"GRUCell: unexpected arguments {self._rest!r}")
 
     def step(self, gx: Tensor, h: Tensor) -> Tensor:
+        """The new state from the input projection ``gx = Wi x + b`` and the state ``h``."""
         xr, xz, xn = gx.chunk(3, dim=-1)
         hr, hz, hn = F.linear(h, self.Wh).chunk(3, dim=-1)
         r = torch.sigmoid(xr + hr)

@@ -226,6 +226,11 @@ class ModelSummary:
     Attributes: ``trainable_arrays``, ``trainable_params`` (tensors and their elements that an
     optimiser updates), ``nontrainable_arrays``, ``nontrainable_params`` (buffers such as
     BatchNorm's running statistics, frozen parameters), ``nbytes`` (all distinct tensors).
+
+    Example:
+        >>> import fluxtrain as ft
+        >>> ft.summary(ft.Dense(2, 3)).nbytes
+        36
     """
 
     trainable_arrays: int
