@@ -8,6 +8,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fluxtrain as ft
 from fluxtrain import DataLoader
@@ -431,3 +433,26 @@ def test_shard_auto_reads_rank_and_world_size_from_fluxtrain_distributed(monkeyp
         assert repr(loader).endswith(f"shard=({r}, 3))  # 2 batches")
     # rng=None: the same seed on every rank, so the parts are disjoint
     assert sorted(parts[0] + parts[1] + parts[2]) == list(range(12))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 40),
+    b=st.integers(1, 12),
+    shuffle=st.booleans(),
+    partial=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_any_size_batches_partition_the_epoch(n, b, shuffle, partial, seed):
+    X = torch.arange(n)
+    loader = DataLoader((X, -X), batchsize=b, shuffle=shuffle, partial=partial, rng=seed)
+    batches = list(loader)
+    assert len(batches) == len(loader) == (-(-n // b) if partial else n // b)
+    assert all(len(x) == b for x, _ in batches[: n // b])
+    assert all(torch.equal(y, -x) for x, y in batches)
+    seen = torch.cat([x for x, _ in batches]).tolist() if batches else []
+    assert len(set(seen)) == len(seen)
+    if partial:
+        assert sorted(seen) == list(range(n))
+    if not shuffle:
+        assert seen == list(range(len(seen)))
