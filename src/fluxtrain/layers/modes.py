@@ -36,9 +36,10 @@ def is_active(layer: Any) -> bool:
 
 def auto_mode(module: nn.Module) -> None:
     """Put a plain torch module in the mode Flux's automatic rule gives, unless it was forced."""
-    if getattr(module, "active", None) is not None or hasattr(module, "_flux_line"):
+    if hasattr(type(module), "_flux_line"):
         return  # fluxtrain layers decide for themselves when called
-    if getattr(module, _FORCED, None) is not None:
+    d = module.__dict__  # plain lookups: Module.__getattr__ would raise and catch per call
+    if d.get("active") is not None or d.get(_FORCED) is not None:
         return
     want = is_differentiating()
     if module.training != want:
