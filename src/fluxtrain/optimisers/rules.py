@@ -97,7 +97,7 @@ class Rule:
                 if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(map(_is_real, v))):
                     raise TypeError(f"{name} must be a pair of real numbers, got {v!r}")
                 object.__setattr__(self, f.name, (float(v[0]), float(v[1])))
-            elif isinstance(v, (Rule, tuple)) or f.name == "n":
+            elif isinstance(v, Rule) or f.name in ("n", "opts"):
                 continue
             else:
                 if not _is_real(v):
