@@ -53,9 +53,10 @@ def test_two_process_ddp_training_equals_one_process_on_the_concatenated_batches
     ddp_state = ft.setup(ft.Descent(), ddp_model)
     extras = ft.load(out, model=ddp_model, opt_state=ddp_state)
     assert extras["world"] == 2
-    for p, q in zip(model.parameters(), ddp_model.parameters()):
+    initial = worker.problem()[0]
+    for p, q, p0 in zip(model.parameters(), ddp_model.parameters(), initial.parameters()):
         assert torch.allclose(p, q, rtol=0, atol=1e-6)
-        assert not torch.equal(p, worker.problem()[0].get_parameter("0.weight"))
+        assert not torch.allclose(p, p0, rtol=0, atol=1e-3)  # training did move it
     for a, b in zip(extras["epoch_losses"], ref_losses):
         assert abs(a - b) < 1e-6  # metrics are the mean over ranks
     # Checkpoints carry no "module." prefix, and only rank 0 wrote.
