@@ -114,3 +114,7 @@ def testmode_(model: Any, mode: bool | str | None = True) -> Any:
     active = _tidy(mode, "testmode_")
     _set_active(model, None if active is None else not active)
     return model
+
+
+# pytest collects functions named test* from files named on its command line: this is not a test.
+testmode_.__test__ = False  # type: ignore[attr-defined]
