@@ -82,14 +82,10 @@ _BAGS = (StepState, CallbackState)
 _BAG_METHODS = frozenset({"get", "keys", "items"})
 
 
-def _wrap(value: Any, node: Permissions, path: str, owner: Any) -> Any:
+def _needs_view(value: Any, node: Permissions) -> bool:
     if node.children:
-        if node.full:
-            return value
-        return GuardedView(value, node, path, owner)
-    if not node.write and isinstance(value, _BAGS):
-        return GuardedView(value, node, path, owner)
-    return value
+        return not node.full
+    return not node.write and isinstance(value, _BAGS)
 
 
 class GuardedView:
@@ -99,13 +95,17 @@ class GuardedView:
     declared path are wrapped in turn.  ``in`` and iteration pass through.
     """
 
-    __slots__ = ("_ft_node", "_ft_owner", "_ft_path", "_ft_target")
+    __slots__ = ("_ft_cache", "_ft_node", "_ft_owner", "_ft_path", "_ft_target")
 
     def __init__(self, target: Any, node: Permissions, path: str, owner: Any) -> None:
-        object.__setattr__(self, "_ft_target", target)
-        object.__setattr__(self, "_ft_node", node)
-        object.__setattr__(self, "_ft_path", path)
-        object.__setattr__(self, "_ft_owner", owner)
+        set_ = object.__setattr__
+        set_(self, "_ft_target", target)
+        set_(self, "_ft_node", node)
+        set_(self, "_ft_path", path)
+        set_(self, "_ft_owner", owner)
+        # Views of children, reused while the child is the same object (learner.step changes
+        # every step; learner.cbstate never): attribute access stays cheap on the hot path.
+        set_(self, "_ft_cache", {})
 
     def _ft_where(self, name: str) -> str:
         return f"{self._ft_path}.{name}"
@@ -121,22 +121,27 @@ class GuardedView:
         )
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        if name in _BAG_METHODS and isinstance(self._ft_target, CallbackState):
-            return getattr(self, "_ft_" + name)
-        name = _ALIASES.get(name, name)
         node = self._ft_node
-        child = node.children.get(name)
-        if child is not None:
-            return _wrap(
-                getattr(self._ft_target, name), child, self._ft_where(name), self._ft_owner
-            )
-        if node.read:
+        perm = node.children.get(name)
+        if perm is None:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            if name in _BAG_METHODS and isinstance(self._ft_target, CallbackState):
+                return getattr(self, "_ft_" + name)
+            if name in _ALIASES:
+                return self.__getattr__(_ALIASES[name])
+            if not node.read:
+                raise self._ft_denied(name, "read")
             # Everything below a declared node inherits its permission.
-            leaf = _WRITE_LEAF if node.write else _READ_ONLY_LEAF
-            return _wrap(getattr(self._ft_target, name), leaf, self._ft_where(name), self._ft_owner)
-        raise self._ft_denied(name, "read")
+            perm = _WRITE_LEAF if node.write else _READ_ONLY_LEAF
+        value = getattr(self._ft_target, name)
+        if not _needs_view(value, perm):
+            return value
+        view = self._ft_cache.get(name)
+        if view is None or view._ft_target is not value or view._ft_node is not perm:
+            view = GuardedView(value, perm, self._ft_where(name), self._ft_owner)
+            self._ft_cache[name] = view
+        return view
 
     def __setattr__(self, name: str, value: Any) -> None:
         name = _ALIASES.get(name, name)

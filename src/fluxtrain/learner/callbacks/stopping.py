@@ -38,9 +38,16 @@ class StopOnNaNLoss(Callback):
     reads = ("step.loss",)
     handles = (BackwardEnd, StepEnd)
 
+    def __init__(self) -> None:
+        self._checked = False  # this step's loss was checked at BackwardEnd
+
     def on(self, event: Event, phase: Any, learner: Any) -> None:
-        if isinstance(event, StepEnd) and not isinstance(phase, AbstractTrainingPhase):
-            return
+        if isinstance(event, StepEnd):
+            checked, self._checked = self._checked, False
+            if checked or not isinstance(phase, AbstractTrainingPhase):
+                return
+        else:
+            self._checked = True
         loss = learner.step.loss
         if loss is None:
             return
