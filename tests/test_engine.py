@@ -38,6 +38,8 @@ ALL_RULES = [
     ft.OptimiserChain(ft.ClipNorm(0.7, 1.0), ft.Descent(0.1)),
     ft.OptimiserChain(ft.ClipNorm(0.7, scope="global"), ft.Adam(0.01)),
     ft.OptimiserChain(ft.AccumGrad(2), ft.Adam(0.01)),
+    ft.Scheduler(ft.Adam, ft.Exp(0.01, 0.9)),
+    ft.Scheduler(ft.Momentum, eta=ft.Exp(0.01, 0.5), rho=0.8),
 ]
 
 
@@ -178,6 +180,23 @@ def test_mixed_float32_and_float64_leaves_form_one_group_per_dtype(monkeypatch):
     assert {g.x.dtype for g in counter.calls} == {torch.float32, torch.float64}
     assert len(counter.calls) == 6
     assert fused_model["c"]["d"].dtype == torch.float32
+
+
+def test_a_scheduled_adam_uses_the_fused_kernel_with_the_scheduled_rate(monkeypatch):
+    calls = []
+    original = torch._fused_adam_
+
+    def spy(*args, **kw):
+        calls.append(kw["lr"])
+        return original(*args, **kw)
+
+    monkeypatch.setattr(torch, "_fused_adam_", spy)
+    model = make_model()
+    state = ft.setup(ft.Scheduler(ft.Adam, ft.Exp(0.01, 0.5)), model)
+    for step in range(3):
+        ft.update_(state, model, random_grads(model, step))
+    assert calls == [0.01, 0.005, 0.0025]
+    assert state["a"].state[0] == 4
 
 
 def test_adjusting_eta_keeps_the_flat_buffers():

@@ -277,11 +277,8 @@ def update_plan(state: Any, model: Any, pairs: Any) -> list[FlatGroup]:
 # Running a step
 
 
-def _fused_adam_step(rule: Rule, g: FlatGroup) -> int | None:
-    """The step number t with beta^t == the stored powers, if the fused kernel applies."""
-    if g.x.dtype not in (torch.float32, torch.float64):
-        return None
-    (b1t, b2t) = _scalars(g.state())
+def _fused_adam_step(rule: Rule, b1t: float, b2t: float) -> int | None:
+    """The step number t with beta^t equal to the stored powers, if there is one."""
     b1, b2 = rule.beta
     if not (0 < b1 < 1 and 0 < b2 < 1):
         return None
@@ -295,13 +292,19 @@ def _fused_adam_step(rule: Rule, g: FlatGroup) -> int | None:
 
 def _try_fused(g: FlatGroup, dx: torch.Tensor) -> bool:
     """Update the group with one of PyTorch's fused kernels when the maths agree exactly."""
-    rule = g.rule
+    if g.x.dtype not in (torch.float32, torch.float64):
+        return False  # lower precisions need Optimisers.jl's epsilon floor: use the rule's maths
+    rule, base = g.rule, 0
+    if hasattr(rule, "rule_at") and isinstance(g.atoms[0], int):
+        # A Scheduler: state (t, inner_state); its rule at step t may have a fused kernel.
+        rule, base = rule.rule_at(g.atoms[0]), 1
     kind = type(rule)
     if kind is Adam or (kind is AdamW and rule.couple):
-        t = _fused_adam_step(rule, g)
+        b1t, b2t = g.atoms[base + 2], g.atoms[base + 3]
+        t = _fused_adam_step(rule, b1t, b2t)
         if t is None:
             return False
-        mt, vt = g.buffers[0], g.buffers[1]
+        mt, vt = g.buffers[base], g.buffers[base + 1]
         step = torch.tensor(float(t), device=g.x.device)
         kernel = torch._fused_adam_ if kind is Adam else torch._fused_adamw_
         kernel(
@@ -310,18 +313,18 @@ def _try_fused(g: FlatGroup, dx: torch.Tensor) -> bool:
             weight_decay=0.0 if kind is Adam else rule.lambd,
             eps=rule.epsilon, amsgrad=False, maximize=False,
         )  # fmt: skip
-        b1t, b2t = _scalars(g.state())
-        g.absorb((mt, vt, (b1t * rule.beta[0], b2t * rule.beta[1])))
-        return True
-    if kind is AdaGrad and g.x.dtype in (torch.float32, torch.float64):
-        acc = g.buffers[0]
+        g.atoms[base + 2], g.atoms[base + 3] = b1t * rule.beta[0], b2t * rule.beta[1]
+    elif kind is AdaGrad:
         step = torch.tensor(1.0, device=g.x.device)
         torch._fused_adagrad_(
-            [g.x], [dx], [acc], [step],
+            [g.x], [dx], [g.buffers[base]], [step],
             lr=rule.eta, lr_decay=0.0, weight_decay=0.0, eps=rule.epsilon, maximize=False,
         )  # fmt: skip
-        return True
-    return False
+    else:
+        return False
+    if base:
+        g.atoms[0] += 1
+    return True
 
 
 def _step_group(g: FlatGroup, dx: torch.Tensor) -> None:
