@@ -104,3 +104,32 @@ def test_gradients_flow_through_recurrent_layers():
     assert_every_parameter_gets_a_gradient(
         cell, lambda m: sum(t.pow(2).sum() for t in m(x[:, 0], state))
     )
+
+
+def test_return_state_gives_the_final_state_like_torch():
+    lstm, ref = ft.LSTM(3, 4, return_state=True), nn.LSTM(3, 4, batch_first=True)
+    copy_seq(lstm, ref)
+    x = torch.randn(2, 5, 3)
+    ys, (h, c) = lstm(x)
+    ry, (rh, rc) = ref(x)
+    torch.testing.assert_close(ys, ry)
+    torch.testing.assert_close(h, rh[0])
+    torch.testing.assert_close(c, rc[0])
+    assert lstm._flux_line() == "LSTM(3 => 4, return_state=True)"
+
+
+def test_recurrence_runs_any_cell_module_over_time():
+    cell = nn.GRUCell(3, 4)
+    ref = nn.GRU(3, 4, batch_first=True)
+    with torch.no_grad():
+        for a, b in [("weight_ih", "weight_ih_l0"), ("weight_hh", "weight_hh_l0")]:
+            getattr(ref, b).copy_(getattr(cell, a))
+        for a, b in [("bias_ih", "bias_ih_l0"), ("bias_hh", "bias_hh_l0")]:
+            getattr(ref, b).copy_(getattr(cell, a))
+    x = torch.randn(2, 6, 3)
+    torch.testing.assert_close(ft.Recurrence(cell)(x), ref(x)[0])
+    ys, h = ft.Recurrence(cell, return_state=True)(x, torch.zeros(2, 4))
+    torch.testing.assert_close(ys, ref(x)[0])
+    torch.testing.assert_close(h, ref(x)[1][0])
+    with pytest.raises(TypeError, match="cell module"):
+        ft.Recurrence(lambda x, h: h)

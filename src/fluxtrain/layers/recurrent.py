@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import show
 from .activations import tanh
 from .basic import _init_tensor
 from .core import Layer, act_or_identity, act_suffix, check_size, in_out, match_input
 from .init import glorot_uniform
 
-__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "LSTMCell", "RNNCell"]
+__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "LSTMCell", "RNNCell", "Recurrence"]
 
 Tensor = torch.Tensor
 
@@ -192,39 +193,77 @@ class GRUCell(_Cell):
         return self.step(gx, self.zero_state(gx) if h is None else h)
 
 
-class _Sequence(Layer):
-    _cell_type: type[_Cell] = RNNCell
+class Recurrence(Layer):
+    """Run a cell over a sequence (Flux's ``Recurrence``): ``Recurrence(cell)(x, state)``
+    applies ``cell`` at each time step of ``x`` (shape ``(N, T, in)``, or ``(T, in)``) and
+    returns every output, ``(N, T, out)``.  With ``return_state=True`` it returns
+    ``(outputs, final_state)``.
 
-    def __init__(self, *args: Any, **cell_kwargs: Any):
+    The cell is one of fluxtrain's (its input projection is then done for all steps in one
+    matrix product) or any module called as ``cell(x_t, state) -> state`` (``cell(x_t)`` on the
+    first step when no state is given), whose output is the state or its first element.
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> ys, (h, c) = ft.Recurrence(ft.LSTMCell(2, 3), return_state=True)(torch.rand(5, 4, 2))
+        >>> ys.shape, h.shape
+        (torch.Size([5, 4, 3]), torch.Size([5, 3]))
+    """
+
+    def __init__(self, cell: nn.Module, return_state: bool = False):
         super().__init__()
-        self.cell = self._cell_type(*args, **cell_kwargs)
+        if not isinstance(cell, nn.Module):
+            raise TypeError(f"Recurrence needs a cell module such as RNNCell, got {cell!r}")
+        self.cell = cell
+        self.return_state = bool(return_state)
 
-    def forward(self, x: Any, state: Any = None) -> Tensor:
-        """All hidden states for the sequence ``x`` of shape ``(N, T, in)`` or ``(T, in)``."""
-        gx = self.cell.input_projection(x)  # one matmul for every time step
-        if gx.dim() not in (2, 3):
+    def forward(self, x: Any, state: Any = None) -> Any:
+        """All outputs for the sequence ``x`` (and the final state if ``return_state``)."""
+        if isinstance(self.cell, _Cell):
+            gx = self.cell.input_projection(x)  # one matmul for every time step
+            steps, step = gx, self.cell.step
+            if state is None and gx.dim() in (2, 3):
+                z = self.cell.zero_state(gx.select(gx.dim() - 2, 0))
+                state = (z, z) if isinstance(self.cell, LSTMCell) else z
+        else:
+            steps = x if isinstance(x, Tensor) else torch.as_tensor(x)
+
+            def step(x_t: Tensor, st: Any) -> Any:
+                return self.cell(x_t) if st is None else self.cell(x_t, st)
+
+        if steps.dim() not in (2, 3):
             raise ValueError(
                 f"{self._flux_line()} expects a sequence of shape (N, T, in) or (T, in), got "
-                f"{tuple(gx.shape[:-1])} + (in,)"
+                f"input of shape {tuple(x.shape) if isinstance(x, Tensor) else '?'}"
             )
-        tdim = gx.dim() - 2
-        if state is None:
-            z = self.cell.zero_state(gx.select(tdim, 0))
-            state = (z, z) if isinstance(self.cell, LSTMCell) else z
-        hs = []
-        for gx_t in gx.unbind(tdim):
-            state = self.cell.step(gx_t, state)
-            hs.append(state[0] if isinstance(state, tuple) else state)
-        return torch.stack(hs, dim=tdim)
+        tdim = steps.dim() - 2
+        outs = []
+        for s_t in steps.unbind(tdim):
+            state = step(s_t, state)
+            outs.append(state[0] if isinstance(state, tuple) else state)
+        ys = torch.stack(outs, dim=tdim)
+        return (ys, state) if self.return_state else ys
 
     def _flux_line(self) -> str:
-        return type(self).__name__ + self.cell._flux_line()[len(type(self.cell).__name__) :]
+        extra = ", return_state=True" if self.return_state else ""
+        return f"Recurrence({show.layer_line(self.cell)}{extra})"
+
+
+class _Sequence(Recurrence):
+    _cell_type: type[_Cell] = RNNCell
+
+    def __init__(self, *args: Any, return_state: bool = False, **cell_kwargs: Any):
+        super().__init__(self._cell_type(*args, **cell_kwargs), return_state)
+
+    def _flux_line(self) -> str:
+        line = type(self).__name__ + self.cell._flux_line()[len(type(self.cell).__name__) :]
+        return line[:-1] + ", return_state=True)" if self.return_state else line
 
 
 class RNN(_Sequence):
     """A vanilla RNN over a sequence: ``RNN(in, out, act=tanh)`` runs :class:`RNNCell` over
     ``x`` of shape ``(N, T, in)`` and returns every hidden state, ``(N, T, out)``.  ``m(x, h0)``
-    starts from ``h0`` (default zeros).
+    starts from ``h0`` (default zeros); ``return_state=True`` also returns the last state.
 
     Example:
         >>> import torch, fluxtrain as ft
