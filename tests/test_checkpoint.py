@@ -45,6 +45,8 @@ ALL_RULES = [
     ft.OptimiserChain(ft.ClipNorm(1.0), ft.WeightDecay(0.01), ft.Adam(0.01)),
     ft.OptimiserChain(ft.AccumGrad(2), ft.Momentum(0.1)),
     ft.MixedPrecision(ft.Adam(0.01)),
+    ft.Scheduler(ft.Adam, eta=ft.CosAnneal(l0=0.01, l1=0.001, period=4)),
+    ft.OptimiserChain(ft.WeightDecay(0.01), ft.Scheduler(ft.Momentum, ft.Exp(0.1, 0.5), rho=0.8)),
 ]
 
 
@@ -265,6 +267,7 @@ def test_extras_round_trip_nested_values_tensors_rules_and_stateful_objects(tmp_
         "epoch": 4,
         "history": [0.5, float("inf"), None],
         "cfg": {"rule": ft.OptimiserChain(ft.ClipNorm(1.0), ft.AdamW(0.1)), 3: (1, "x")},
+        "schedule": ft.Sequence((ft.Triangle(l0=0.0, l1=1.0, period=4), 5), (ft.Exp(1.0, 0.9), 10)),
         "best": torch.arange(4, dtype=torch.int32),
     }
     ft.save(tmp_path / "c.safetensors", learner=learner, scaler=scaler, note="hi")
@@ -274,6 +277,10 @@ def test_extras_round_trip_nested_values_tensors_rules_and_stateful_objects(tmp_
     got = extras["learner"]
     assert got["epoch"] == 4 and got["history"] == [0.5, float("inf"), None]
     assert got["cfg"] == {"rule": ft.OptimiserChain(ft.ClipNorm(1.0), ft.AdamW(0.1)), 3: (1, "x")}
+    assert got["schedule"] == learner["schedule"]
+    assert [got["schedule"](t) for t in range(1, 16)] == [
+        learner["schedule"](t) for t in range(1, 16)
+    ]
     assert torch.equal(got["best"], learner["best"]) and got["best"].dtype == torch.int32
     assert other.state_dict() == scaler.state_dict() and other.scale_value == 32.0
 

@@ -290,20 +290,35 @@ def _lookup_class(name: Any, where: str, r: _Reader) -> type:
     return r.registry[name]
 
 
+def _has_generated_init(cls: type) -> bool:
+    """True when ``cls.__init__`` is the one ``@dataclass`` wrote (taking the fields)."""
+    code = getattr(cls.__init__, "__code__", None)
+    return code is not None and code.co_filename == "<string>"
+
+
 def _construct(cls: type, values: dict[str, Any], where: str, r: _Reader) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:
         raise r.error(f"{cls.__qualname__} at {where} has no field(s) {sorted(unknown)}")
-    init = {k: x for k, x in values.items() if fields[k].init}
     try:
-        obj = cls(**init)
+        if _has_generated_init(cls):
+            obj = cls(**{k: x for k, x in values.items() if fields[k].init})
+            for k, x in values.items():
+                if not fields[k].init:
+                    object.__setattr__(obj, k, x)
+            return obj
+        # A hand-written __init__ (Scheduler, schedules) takes other arguments than its
+        # fields: restore the fields as they were saved.
+        missing = set(fields) - set(values)
+        if missing:
+            raise TypeError(f"missing field(s) {sorted(missing)}")
+        obj = object.__new__(cls)
         for k, x in values.items():
-            if not fields[k].init:
-                object.__setattr__(obj, k, x)
+            object.__setattr__(obj, k, x)
+        return obj
     except (TypeError, ValueError) as e:
         raise r.error(f"cannot rebuild {cls.__qualname__} at {where}: {e}") from None
-    return obj
 
 
 # ---------------------------------------------------------------------------------------------
