@@ -119,6 +119,14 @@ def test_implicit_gradient_is_none_for_unused_parameters_and_ignores_others():
     assert gs.get(torch.ones(1), "absent") == "absent"
 
 
+def test_integer_tensors_in_params_get_no_gradient():
+    w, counts = torch.ones(2), torch.tensor([1, 2])
+    ps = ft.Params([w, counts])
+    gs = ft.gradient(lambda: (w * counts).sum(), ps)
+    torch.testing.assert_close(gs[w], torch.tensor([1.0, 2.0]))
+    assert gs[counts] is None
+
+
 def test_implicit_withgradient_returns_value_and_aux():
     w = torch.tensor([2.0])
     val, gs = ft.withgradient(lambda: ((w**2).sum(), "aux"), ft.params(w))

@@ -30,7 +30,7 @@ from .optimisers import engine
 from .optimisers.rules import Rule
 from .optimisers.state import Leaf
 from .train import NonFiniteLossError, _arguments, _autocast, _loss_value, _Progress
-from .tree import KeyPath, trainables
+from .tree import KeyPath, is_trainable_tensor, trainables
 
 __all__ = ["Grads", "Params", "epochs", "params", "skip", "stop", "throttle"]
 
@@ -112,8 +112,11 @@ class Params:
 
     def _forward(self, f: Callable[[], Any]) -> tuple[Any, Any, list[torch.Tensor]]:
         # Zygote tracks every array in ``ps`` wherever ``f`` uses it.  A plain tensor (not an
-        # nn.Parameter) is made to require grad while ``f`` runs, then set back.
-        off = [p for p in self._order if p.is_leaf and not p.requires_grad]
+        # nn.Parameter) is made to require grad while ``f`` runs, then set back.  Integer
+        # tensors cannot have gradients: theirs is None, as Zygote gives ``nothing``.
+        off = [
+            p for p in self._order if p.is_leaf and not p.requires_grad and is_trainable_tensor(p)
+        ]
         _set_requires_grad(off, True)
         try:
             with torch.enable_grad(), differentiating():
