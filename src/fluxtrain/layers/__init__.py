@@ -1,8 +1,23 @@
 """Flux's layers as ``torch.nn.Module``s, its activation functions, train/test modes and reprs.
 
-Tensors are in PyTorch's layout, batch first: ``(N, features)`` for ``Dense``,
-``(N, C, H, W)`` for ``Conv``, ``(N, T, features)`` for recurrent layers.  Each submodule owns one
-concept; everything listed here is importable as ``ft.<name>``.
+Constructors, defaults (``glorot_uniform`` init, BatchNorm's momentum 0.1 and eps 1e-5,
+``leakyrelu``'s slope 0.01...), printing and the automatic train/test mode are Flux's; tensors,
+weights and parameter names are PyTorch's, so weights copy to and from ``torch.nn`` layers.
+Everything listed here is importable as ``ft.<name>``; each submodule owns one concept.
+
+Where a Python user of Flux must translate:
+
+* **Batch first.**  ``(N, features)`` for ``Dense``, ``(N, C, H, W)`` for ``Conv`` (Flux:
+  ``(W, H, C, N)``), ``(N, T, features)`` for ``RNN``/``LSTM``/``GRU``.  Channels are dimension
+  1, and so is the default ``dims`` of ``softmax``/``logsoftmax``.
+* **Sizes.**  Flux's ``in => out`` is written ``(in, out)`` or as two integers:
+  ``Dense(784, 32, σ)``, ``Conv((3, 3), (1, 16), relu)``.
+* **Weights** have PyTorch's shapes and names: ``Dense.weight`` is ``(out, in)`` as in Flux;
+  ``Conv.weight`` is ``(out, in, kh, kw)`` and is applied as a cross-correlation (Flux flips
+  the kernel); ``Embedding.weight`` is ``(vocab, dim)`` (Flux's transpose) and indices start at
+  0; BatchNorm's γ, β, μ, σ² are ``weight``, ``bias``, ``running_mean``, ``running_var``.
+* **Modes.**  Dropout and BatchNorm are active inside ``ft.gradient`` and inactive outside,
+  with no ``.train()``/``.eval()`` calls; ``trainmode_``/``testmode_`` force a mode.
 """
 
 from .activations import *  # noqa: F403
