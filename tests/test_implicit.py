@@ -1,7 +1,9 @@
 """The implicit (Flux <= 0.13) style: params, Params, Grads, update_(rule, ps, gs), train_ with
 callbacks, throttle, stop, skip and epochs."""
 
+import copy
 import logging
+import pickle
 from collections import namedtuple
 
 import pytest
@@ -192,6 +194,18 @@ def test_equal_rules_keep_separate_state_and_the_rule_stays_equal():
     assert w2.item() == pytest.approx(-0.1)
     assert r1 == r2 and hash(r1) == hash(r2)
     assert repr(r1) == "Momentum(eta=0.1, rho=0.9)"
+
+
+def test_copies_and_pickles_of_a_used_rule_carry_no_parameters():
+    w = torch.zeros(1000)
+    rule = ft.Adam(0.1)
+    ft.update_(rule, ft.params(w), ft.gradient(lambda: w.sum(), ft.params(w)))
+    clean = len(pickle.dumps(ft.Adam(0.1)))
+    assert len(pickle.dumps(rule)) < clean + 100  # not the 4000 bytes of w and its moments
+    again = pickle.loads(pickle.dumps(rule))
+    assert again == rule
+    assert len(rule._implicit_state) == 1
+    assert len(copy.deepcopy(rule)._implicit_state) == 0  # a copy starts afresh
 
 
 def test_implicit_update_skips_parameters_without_gradient():

@@ -273,13 +273,25 @@ def params(*xs: Any) -> Params:
 # update_(rule, ps, gs): the state lives with the rule
 
 
-def _rule_store(rule: Rule) -> dict[int, tuple[torch.Tensor, Leaf]]:
+class _ImplicitState(dict):
+    """``{id(param): (param, Leaf)}`` kept on a rule object by the implicit ``update_``.
+
+    Copies and pickles of the rule start empty: the entries are keyed by the identity of this
+    session's tensors, and a saved rule (e.g. inside a checkpointed optimiser state) must not
+    drag the model's parameters along.
+    """
+
+    def __reduce__(self):
+        return (_ImplicitState, ())
+
+
+def _rule_store(rule: Rule) -> _ImplicitState:
     # Rules are frozen dataclasses compared by value, so two equal Adam(0.1) objects must not
     # share state: the store is an attribute of this very object, keyed by parameter identity
     # (the parameter is kept in the entry, so its id cannot be reused while the entry lives).
     store = rule.__dict__.get("_implicit_state")
     if store is None:
-        store = {}
+        store = _ImplicitState()
         object.__setattr__(rule, "_implicit_state", store)
     return store
 
