@@ -48,13 +48,67 @@ def schedules_figure(path: Path) -> Path:
     return path
 
 
+def _digits_learner(callbacks: list, seed: int = 0) -> ft.Learner:
+    """The demo's CNN on the digits, as ``fluxtrain demo`` builds it."""
+    from fluxtrain.cli import make_cnn
+
+    torch.manual_seed(seed)
+    train, valid = ft.digits_loaders(batchsize=32, seed=seed)
+    return ft.Learner(
+        make_cnn(1, 8, 8),
+        ft.losses.logitcrossentropy,
+        ft.Adam(3e-3),
+        callbacks=callbacks,
+        data=(train, valid),
+    )
+
+
+def recorder_figure(path: Path, epochs: int = 8) -> Path:
+    """What ``Metrics`` records during a fit, drawn by ``ft.callbacks.plot_metrics``."""
+    metrics = ft.callbacks.Metrics(ft.callbacks.Accuracy())
+    learner = _digits_learner([metrics, ft.callbacks.Recorder()])
+    ft.fit_(learner, epochs)
+    return ft.callbacks.plot_metrics(learner.cbstate, path)
+
+
+def lr_find_figure(path: Path) -> Path:
+    """The learning-rate range test on the demo's fresh CNN."""
+    learner = _digits_learner([])
+    result = ft.lr_find(learner, 1e-5, 1.0, nsteps=100, plot=path)
+    print(f"lr_find suggests {result.suggestion:.3g}")
+    return path
+
+
+def demo_figures(out: Path) -> list[Path]:
+    """The loss and accuracy curves ``fluxtrain demo`` writes, from a default run."""
+    import shutil
+    import tempfile
+
+    from fluxtrain.cli import main as cli_main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cli_main(["demo", "--out", tmp, "--name", "run", "--no-progress"])
+        written = []
+        for name in ("loss", "accuracy"):
+            target = out / f"demo_{name}.png"
+            shutil.copyfile(Path(tmp) / "run" / f"{name}.png", target)
+            written.append(target)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=IMG, help="folder for the PNGs")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)  # the fastest for these small models
     torch.manual_seed(0)
-    for path in (schedules_figure(args.out / "schedules.png"),):
+    for path in (
+        schedules_figure(args.out / "schedules.png"),
+        recorder_figure(args.out / "recorder_curves.png"),
+        lr_find_figure(args.out / "lr_find.png"),
+        *demo_figures(args.out),
+    ):
         print("wrote", path)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+import torch
 
 matplotlib.use("Agg")
 
@@ -77,11 +78,16 @@ def test_python_blocks_of_page_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     namespace: dict = {"__name__": f"docs_{page.stem}"}
-    for code, line in blocks:
-        try:
-            exec(compile(code, f"{_page_id(page)}:{line}", "exec"), namespace)
-        except Exception as e:
-            raise AssertionError(f"{_page_id(page)}, block at line {line} failed: {e!r}") from e
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the docs' models are tiny: one thread is fastest
+    try:
+        for code, line in blocks:
+            try:
+                exec(compile(code, f"{_page_id(page)}:{line}", "exec"), namespace)
+            except Exception as e:
+                raise AssertionError(f"{_page_id(page)}, block at line {line} failed: {e!r}") from e
+    finally:
+        torch.set_num_threads(threads)
     assert os.getcwd() == str(tmp_path)
 
 
