@@ -479,3 +479,20 @@ def test_epochs_counts_from_one_and_logs_each_epoch(caplog):
     assert all(r.levelno == logging.INFO for r in caplog.records)
     with pytest.raises(ValueError, match="epochs"):
         ft.epochs(-1)
+
+
+def test_implicit_train_with_autocast_and_a_progress_bar(capsys):
+    torch.manual_seed(6)
+    model = nn.Linear(4, 2)
+    dtypes = []
+
+    def loss(x):
+        out = model(x)
+        dtypes.append(out.dtype)
+        return out.float().pow(2).mean()
+
+    data = [torch.randn(3, 4)] * 2
+    ft.train_(loss, ft.params(model), data, ft.Descent(0.1), autocast=torch.bfloat16, progress=True)
+    assert dtypes == [torch.bfloat16, torch.bfloat16]
+    assert model.weight.dtype == torch.float32
+    assert "train_" in capsys.readouterr().err
