@@ -133,3 +133,49 @@ def test_recurrence_runs_any_cell_module_over_time():
     torch.testing.assert_close(h, ref(x)[1][0])
     with pytest.raises(TypeError, match="cell module"):
         ft.Recurrence(lambda x, h: h)
+
+
+def _state(layer, n):
+    shape = (n, 4) if n else (4,)
+    if isinstance(layer, ft.LSTM):
+        return (torch.randn(shape), torch.randn(shape))
+    return torch.randn(shape)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ft.LSTM(3, 4, return_state=True),
+        lambda: ft.GRU(3, 4, return_state=True),
+        lambda: ft.RNN(3, 4, return_state=True),
+        lambda: ft.RNN(3, 4, ft.relu, return_state=True),
+        lambda: ft.LSTM(3, 4, return_state=True, bias=False),
+        lambda: ft.GRU(3, 4, return_state=True, bias=False),
+    ],
+)
+@pytest.mark.parametrize("n", [2, 0])
+def test_fused_sequence_kernels_equal_the_step_by_step_recurrence(make, n):
+    layer = make()
+    if layer.cell.bias is not None:
+        with torch.no_grad():
+            layer.cell.bias.copy_(torch.randn_like(layer.cell.bias))
+    stepwise = ft.Recurrence(layer.cell, return_state=True)
+    x = torch.randn(n, 5, 3) if n else torch.randn(5, 3)
+    s = _state(layer, n)
+    ys, final = layer(x, s)
+    ys2, final2 = stepwise(x, s)
+    torch.testing.assert_close(ys, ys2)
+    torch.testing.assert_close(final, final2)
+    (g1,) = ft.gradient(lambda m: m(x, s)[0].pow(2).sum(), layer)
+    (g2,) = ft.gradient(lambda m: m(x, s)[0].pow(2).sum(), stepwise)
+    torch.testing.assert_close(g1.cell.Wh, g2.cell.Wh)
+    torch.testing.assert_close(g1.cell.Wi, g2.cell.Wi)
+
+
+def test_rnn_with_another_activation_runs_step_by_step():
+    rnn = ft.RNN(3, 4, ft.σ)
+    x = torch.randn(2, 5, 3)
+    h = torch.zeros(2, 4)
+    for t in range(5):
+        h = torch.sigmoid(x[:, t] @ rnn.cell.Wi.T + rnn.cell.bias + h @ rnn.cell.Wh.T)
+    torch.testing.assert_close(rnn(x)[:, -1], h)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import show
-from .activations import tanh
+from .activations import relu, tanh
 from .basic import _init_tensor
 from .core import Layer, act_or_identity, act_suffix, check_size, in_out, match_input
 from .init import glorot_uniform
@@ -249,15 +249,80 @@ class Recurrence(Layer):
         return f"Recurrence({show.layer_line(self.cell)}{extra})"
 
 
+def _fused_kernel(cell: _Cell) -> Callable[..., Any] | None:
+    """torch's fused multi-step kernel computing exactly ``cell``'s recurrence, if there is one.
+
+    With torch's recurrent bias set to zero, its RNN (tanh or relu), LSTM and GRU compute Flux's
+    cells (for the GRU: Flux's v1 variant, the reset gate multiplying ``Wh_n h`` only).  The
+    kernels live in ``torch._VF`` (what ``nn.LSTM`` calls; cuDNN on GPU); without them, or for
+    another activation, the sequence is run step by step.
+    """
+    vf = getattr(torch, "_VF", None)
+    if vf is None:
+        return None
+    if isinstance(cell, LSTMCell):
+        return getattr(vf, "lstm", None)
+    if isinstance(cell, GRUCell):
+        return getattr(vf, "gru", None)
+    if isinstance(cell, RNNCell):
+        if cell.act is tanh or cell.act is torch.tanh:
+            return getattr(vf, "rnn_tanh", None)
+        if cell.act is relu or cell.act is torch.relu:
+            return getattr(vf, "rnn_relu", None)
+    return None
+
+
 class _Sequence(Recurrence):
     _cell_type: type[_Cell] = RNNCell
 
     def __init__(self, *args: Any, return_state: bool = False, **cell_kwargs: Any):
         super().__init__(self._cell_type(*args, **cell_kwargs), return_state)
 
+    def forward(self, x: Any, state: Any = None) -> Any:
+        """All hidden states for the sequence ``x`` (and the final state if ``return_state``)."""
+        cell = self.cell
+        kernel = _fused_kernel(cell)
+        if kernel is None:
+            return super().forward(x, state)
+        x = match_input(x, cell.Wi, cell)
+        check_size(cell, x, -1, cell.Wi.shape[1], "features")
+        if x.dim() not in (2, 3):
+            raise ValueError(
+                f"{self._flux_line()} expects a sequence of shape (N, T, in) or (T, in), got "
+                f"input of shape {tuple(x.shape)}"
+            )
+        batched = x.dim() == 3
+        xb = x if batched else x.unsqueeze(0)
+        lstm = isinstance(cell, LSTMCell)
+        if state is None:
+            z = xb.new_zeros((1, xb.shape[0], cell.out_features))
+            hx: Any = (z, z) if lstm else z
+        elif lstm:
+            hx = tuple(_layer_first(t, batched) for t in state)
+        else:
+            hx = _layer_first(state, batched)
+        weights = [cell.Wi, cell.Wh]
+        if cell.bias is not None:
+            weights += [cell.bias, torch.zeros_like(cell.bias)]  # no recurrent bias in Flux
+        out = kernel(xb, hx, weights, cell.bias is not None, 1, 0.0, False, False, True)
+        ys = out[0] if batched else out[0][0]
+        if not self.return_state:
+            return ys
+        final = tuple(_unlayer(t, batched) for t in out[1:])
+        return ys, (final if lstm else final[0])
+
     def _flux_line(self) -> str:
         line = type(self).__name__ + self.cell._flux_line()[len(type(self.cell).__name__) :]
         return line[:-1] + ", return_state=True)" if self.return_state else line
+
+
+def _layer_first(h: Tensor, batched: bool) -> Tensor:
+    # torch's kernels take states as (layers, N, out); ours are (N, out), or (out,) unbatched.
+    return h.unsqueeze(0) if batched else h.reshape(1, 1, -1)
+
+
+def _unlayer(h: Tensor, batched: bool) -> Tensor:
+    return h[0] if batched else h[0, 0]
 
 
 class RNN(_Sequence):
