@@ -2,7 +2,9 @@
 
 A *cell* does one time step: ``RNNCell`` and ``GRUCell`` map ``(x, h)`` to the new ``h``,
 ``LSTMCell`` maps ``(x, (h, c))`` to ``(h, c)``; the state defaults to zeros.  The sequence
-layers ``RNN``, ``LSTM``, ``GRU`` run their cell over a sequence and return every hidden state.
+layers ``RNN``, ``LSTM``, ``GRU`` run their cell over a sequence and return every hidden state,
+with torch's fused kernels (as fast as ``nn.LSTM``; cuDNN on GPU); ``Recurrence(cell)`` runs any
+cell step by step.
 
 Layout, batch first as in ``torch.nn.RNN(batch_first=True)``: a step takes ``x`` of shape
 ``(N, in)`` (or ``(in,)``), the sequence layers take ``(N, T, in)`` (or ``(T, in)``) and return
