@@ -12,7 +12,7 @@ from typing import Any
 
 from ... import distributed
 from ..callback import Callback
-from ..events import EpochEnd, Event, FitEnd
+from ..events import EpochEnd, Event
 
 __all__ = ["PlotMetrics", "plot_metrics"]
 
@@ -57,8 +57,8 @@ def plot_metrics(cbstate: Any, path: str | os.PathLike[str]) -> Path:
 
 
 class PlotMetrics(Callback):
-    """Saves the curves of :func:`plot_metrics` to ``path`` at the end of every epoch and of
-    fitting.
+    """Saves the curves of :func:`plot_metrics` to ``path`` at the end of every epoch (inside
+    :func:`~fluxtrain.fit_`: once its training and validation phases are both done).
 
     Example:
         >>> from fluxtrain.callbacks import PlotMetrics
@@ -66,13 +66,16 @@ class PlotMetrics(Callback):
         PlotMetrics('runs/metrics.png')
     """
 
-    reads = ("cbstate.metrics_epoch", "cbstate.metrics_step")
-    handles = (EpochEnd, FitEnd)
+    reads = ("cbstate.metrics_epoch", "cbstate.metrics_step", "progress")
+    handles = (EpochEnd,)
 
     def __init__(self, path: str | os.PathLike[str] = "metrics.png") -> None:
         self.path = Path(path)
 
     def on(self, event: Event, phase: Any, learner: Any) -> None:
+        progress = learner.progress
+        if progress is not None and progress.phases_done < progress.nphases:
+            return
         if distributed.is_main_process():
             plot_metrics(learner.cbstate, self.path)
 
