@@ -110,8 +110,10 @@ class Chain(Layer):
         return list(self.layers.values()) if self.named else list(self.layers)
 
     def forward(self, x: Any) -> Any:
-        for layer in self._modules_list():
-            x = _call(layer, x)
+        # ModuleList and ModuleDict both keep their layers, in order, in _modules.
+        for layer in self._modules["layers"]._modules.values():
+            auto_mode(layer)
+            x = layer(x)
         return x
 
     def __len__(self) -> int:
@@ -210,9 +212,11 @@ class Dense(Layer):
         self.bias = _make_bias(bias, out_dim, weight, "Dense")
 
     def forward(self, x: Any) -> torch.Tensor:
-        x = match_input(x, self.weight, self)
-        check_size(self, x, -1, self.weight.shape[1], "features")
-        return self.act(F.linear(x, self.weight, self.bias))
+        w = self.weight
+        x = match_input(x, w, self)
+        if x.dim() == 0 or x.shape[-1] != w.shape[1]:
+            check_size(self, x, -1, w.shape[1], "features")
+        return self.act(F.linear(x, w, self.bias))
 
     def _flux_line(self) -> str:
         out_dim, in_dim = self.weight.shape

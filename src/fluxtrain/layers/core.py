@@ -116,7 +116,10 @@ def match_input(x: Any, ref: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     layer type and dtype pair (a float64 NumPy array fed to a float32 model is the usual case);
     integer input is converted silently.
     """
-    if not isinstance(x, torch.Tensor):
+    if isinstance(x, torch.Tensor):
+        if x.dtype == ref.dtype and x.device == ref.device:
+            return x
+    else:
         x = torch.as_tensor(np.asarray(x))
     if x.dtype != ref.dtype:
         if x.is_floating_point() and ref.is_floating_point():
