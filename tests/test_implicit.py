@@ -121,6 +121,21 @@ def test_implicit_gradient_is_none_for_unused_parameters_and_ignores_others():
     assert gs.get(torch.ones(1), "absent") == "absent"
 
 
+def test_grads_of_two_batches_add_up_to_the_gradient_of_the_summed_loss():
+    w, unused = torch.tensor([1.0, -1.0]), torch.ones(1)
+    ps = ft.params(w, unused)
+    x1, x2 = torch.tensor([2.0, 3.0]), torch.tensor([-1.0, 5.0])
+    g1 = ft.gradient(lambda: (w * x1).sum() ** 2, ps)
+    g2 = ft.gradient(lambda: (w * x2).sum() ** 2, ps)
+    both = ft.gradient(lambda: (w * x1).sum() ** 2 + (w * x2).sum() ** 2, ps)
+    mean = 0.5 * (g1 + g2)
+    torch.testing.assert_close((g1 + g2)[w], both[w])
+    torch.testing.assert_close(mean[w], both[w] / 2)
+    assert mean[unused] is None
+    with pytest.raises(ValueError, match="same Params"):
+        g1 + ft.gradient(lambda: w.sum(), ft.params(w))
+
+
 def test_integer_tensors_in_params_get_no_gradient():
     w, counts = torch.ones(2), torch.tensor([1, 2])
     ps = ft.Params([w, counts])

@@ -194,7 +194,8 @@ class Grads:
     """Gradients from ``ft.gradient(f, ps)``, looked up by parameter: ``gs[p]`` (Zygote's ``Grads``).
 
     ``gs[p]`` is ``None`` when the loss did not depend on ``p``.  Iterating gives the parameters,
-    as for a dict; ``items()`` gives ``(parameter, gradient)`` pairs.
+    as for a dict; ``items()`` gives ``(parameter, gradient)`` pairs.  ``gs1 + gs2`` and
+    ``0.5 * gs`` combine gradients of the same Params (to accumulate over several batches).
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -245,6 +246,26 @@ class Grads:
     def __repr__(self) -> str:
         inner = ", ".join("None" if g is None else _short(g) for g in self.values())
         return f"Grads([{inner}])"
+
+    def __add__(self, other: Grads) -> Grads:
+        """Sum of two gradients of the same Params (Zygote's ``gs1 .+ gs2``), for accumulation;
+        ``None`` counts as zero."""
+        if not isinstance(other, Grads):
+            return NotImplemented
+        if other.params != self.params:
+            raise ValueError("can only add Grads taken with respect to the same Params")
+        out = []
+        for a, b in zip(self.values(), other.values()):
+            out.append(b if a is None else a if b is None else a + b)
+        return Grads(self.params, out)
+
+    def __mul__(self, k: float) -> Grads:
+        """Every gradient times the number ``k`` (Zygote's ``gs .* k``)."""
+        if isinstance(k, bool) or not isinstance(k, (int, float)):
+            return NotImplemented
+        return Grads(self.params, [None if g is None else g * k for g in self.values()])
+
+    __rmul__ = __mul__
 
 
 def params(*xs: Any) -> Params:
