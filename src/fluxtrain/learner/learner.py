@@ -37,7 +37,13 @@ _FORMAT = "fluxtrain.Learner/1"
 
 
 class LearnerData(NamedTuple):
-    """``learner.data``: the training and validation data iterators (either may be ``None``)."""
+    """``learner.data``: the training and validation data iterators (either may be ``None``).
+
+    Example:
+        >>> import fluxtrain as ft
+        >>> ft.LearnerData([1, 2], None).training
+        [1, 2]
+    """
 
     training: Any = None
     validation: Any = None
@@ -49,7 +55,13 @@ class FitProgress:
 
     ``epoch`` is the 0-based epoch index within this ``fit_`` call of ``nepochs``;
     ``phase_index`` the phase running (0 training, 1 validation); ``phases_done`` how many of
-    this epoch's ``nphases`` phases have finished their work.
+    this epoch's ``nphases`` phases have finished their work.  A checkpoint written at the end
+    of a phase records it, so that a resumed fit starts with the next phase.
+
+    Example:
+        >>> import fluxtrain as ft
+        >>> ft.FitProgress(nepochs=10, epoch=3, nphases=2, phase_index=1, phases_done=1)
+        FitProgress(nepochs=10, epoch=3, nphases=2, phase_index=1, phases_done=1)
     """
 
     nepochs: int
@@ -278,7 +290,23 @@ class Learner:
             cb.init(views[id(cb)])
 
     def add_callback(self, callback: Callback) -> None:
-        """Add ``callback`` and recompute the order (FluxTraining.jl ``addcallback!``)."""
+        """Add ``callback`` and recompute the order (FluxTraining.jl ``addcallback!``).
+
+        If the new set of callbacks cannot be ordered, the error is raised and the learner
+        keeps its callbacks as they were.
+
+        Example:
+            >>> import torch, fluxtrain as ft
+            >>> learner = ft.Learner(torch.nn.Linear(1, 1), torch.nn.functional.mse_loss,
+            ...                      callbacks=[ft.callbacks.MetricsPrinter(), ft.callbacks.Metrics()])
+            >>> learner.add_callback(ft.callbacks.Recorder())
+            >>> learner.callbacks      # Metrics writes what MetricsPrinter reads: it runs first
+            (Metrics(Loss), MetricsPrinter(), Recorder())
+            >>> learner.replace_callback(ft.callbacks.Metrics(ft.callbacks.Accuracy()))
+            Metrics(Loss)
+            >>> learner.remove_callback(ft.callbacks.Recorder), learner.get_callback(ft.callbacks.Metrics)
+            (Recorder(), Metrics(Loss, Accuracy))
+        """
         self._set_callbacks([*self.callbacks, callback])
 
     def get_callback(self, cls: type) -> Callback | None:

@@ -42,6 +42,17 @@ class Phase:
 
     Phases compare equal when of the same class with equal attributes, so they can key dicts
     (``learner.cbstate.history[TrainingPhase()]``).
+
+    Example:
+        >>> import torch, fluxtrain as ft
+        >>> class Forward(ft.Phase):
+        ...     def step(self, learner, batch):
+        ...         return ft.runstep(lambda handle, state: setattr(state, "ys_pred",
+        ...                           learner.model(batch)), learner, self)
+        >>> learner = ft.Learner(torch.nn.Linear(2, 1), torch.nn.functional.mse_loss,
+        ...                      callbacks=[])
+        >>> ft.step_(learner, Forward(), torch.ones(3, 2)).ys_pred.shape
+        torch.Size([3, 1])
     """
 
     #: Module mode during the phase's epochs: True (train), False (eval), None (leave as is).
@@ -79,7 +90,14 @@ class Phase:
 
 
 class AbstractTrainingPhase(Phase):
-    """Base class of phases that train; uses ``learner.data.training`` by default."""
+    """Base class of phases that train: the model is in training mode during their epochs,
+    ``Scheduler`` steps in them, and they use ``learner.data.training`` by default.
+
+    Example:
+        >>> import fluxtrain as ft
+        >>> isinstance(ft.TrainingPhase(), ft.AbstractTrainingPhase), ft.TrainingPhase.training
+        (True, True)
+    """
 
     training: ClassVar[bool | None] = True
 
@@ -88,7 +106,14 @@ class AbstractTrainingPhase(Phase):
 
 
 class AbstractValidationPhase(Phase):
-    """Base class of phases that evaluate; uses ``learner.data.validation`` by default."""
+    """Base class of phases that evaluate: the model is in evaluation mode during their
+    epochs, ``EarlyStopping`` watches them, and they use ``learner.data.validation`` by default.
+
+    Example:
+        >>> import fluxtrain as ft
+        >>> ft.ValidationPhase(), ft.ValidationPhase.training
+        (ValidationPhase(), False)
+    """
 
     training: ClassVar[bool | None] = False
 
