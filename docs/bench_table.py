@@ -1,0 +1,143 @@
+"""Fill the README's benchmark section from bench/results/*.json.
+
+    .venv/bin/python docs/bench_table.py          # rewrite the section of README.md in place
+    .venv/bin/python docs/bench_table.py --print  # only print it
+
+The section lies between the ``<!-- BENCH:BEGIN -->`` and ``<!-- BENCH:END -->`` markers; the
+rest of the README is left alone. Each results file gets a table and the command that made it;
+a file whose layout this script does not know is listed by name so it is not silently dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- BENCH:BEGIN -->", "<!-- BENCH:END -->"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def optimisers_section(d: dict[str, Any]) -> list[str]:
+    """One row per (layout, rule): fluxtrain's update_ against the best torch.optim variant."""
+    by_case: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in d["rows"]:
+        by_case.setdefault((r["case"], r["rule"]), {})[r["impl"]] = r
+    rows = []
+    for (case, rule), impls in by_case.items():
+        ours = impls.get("fluxtrain update_")
+        peers = {k: v for k, v in impls.items() if not k.startswith("fluxtrain")}
+        if ours is None or not peers:
+            continue
+        best_name, best = max(peers.items(), key=lambda kv: kv[1]["GB/s"])
+        ratio = ours["GB/s"] / best["GB/s"] if best["GB/s"] else float("nan")
+        rows.append(
+            [
+                case,
+                rule,
+                f"{ours['GB/s']:.1f}",
+                f"{best['GB/s']:.1f} ({best_name})",
+                f"{ratio:.2f}x",
+            ]
+        )
+    header = ["parameters", "rule", "fluxtrain `update_` GB/s", "best peer GB/s", "ratio"]
+    return [
+        "Optimiser step throughput, `python bench/optimisers.py` "
+        f"(streaming limit of the machine: {d['limit']['limit']:.1f} GB/s):",
+        "",
+        *_table(header, rows),
+    ]
+
+
+def loop_section(d: dict[str, Any]) -> list[str]:
+    """Time per training step of each loop against the hand-written torch loop."""
+    rows = [[r["impl"], f"{r['us_per_step']:.0f}", f"{r['vs_torch_loop']:.2f}x"] for r in d["rows"]]
+    return [
+        f"Training loop, `python bench/loop.py` ({d['samples']} samples of {d['features']} "
+        f"features, batch size {d['batchsize']}, {d['threads']} thread(s)):",
+        "",
+        *_table(["loop", "µs per step", "time vs torch loop"], rows),
+    ]
+
+
+def dataloader_section(d: dict[str, Any]) -> list[str]:
+    """Seconds per epoch of the loaders over the same in-memory tensors."""
+    rows = [
+        [
+            str(r["batchsize"]),
+            f"{r['fluxtrain_s']:.3f}",
+            f"{r['torch_dataloader_s']:.3f}",
+            f"{r['raw_slicing_s']:.3f}",
+            f"{r['speedup_vs_torch']:.1f}x",
+        ]
+        for r in d["results"]
+    ]
+    header = ["batch size", "ft.DataLoader s", "torch DataLoader s", "raw slicing s", "speed-up"]
+    return [
+        f"One shuffled epoch over {d['n']} in-memory images, `python bench/dataloader.py`:",
+        "",
+        *_table(header, rows),
+    ]
+
+
+SECTIONS = {
+    "optimisers.json": optimisers_section,
+    "loop.json": loop_section,
+    "dataloader.json": dataloader_section,
+}
+
+
+def render(results: Path = RESULTS) -> str:
+    """The Markdown between the markers (without them)."""
+    files = sorted(results.glob("*.json")) if results.is_dir() else []
+    if not files:
+        return "No benchmark results yet: run the scripts under `bench/` (see each one's `--help`)."
+    out: list[str] = []
+    unknown = []
+    for f in files:
+        make = SECTIONS.get(f.name)
+        if make is None:
+            unknown.append(f.name)
+            continue
+        try:
+            out += [*make(json.loads(f.read_text(encoding="utf-8"))), ""]
+        except (KeyError, TypeError, ValueError) as err:
+            unknown.append(f"{f.name} (unreadable: {err!r})")
+    if unknown:
+        out.append("Other results in `bench/results/`: " + ", ".join(unknown) + ".")
+    return "\n".join(out).rstrip()
+
+
+def rewrite_readme(text: str, section: str) -> str:
+    """``text`` with the part between the markers replaced by ``section``."""
+    try:
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+    except ValueError:
+        raise ValueError(f"README.md must contain {BEGIN} ... {END}") from None
+    return f"{head}{BEGIN}\n{section}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--print", action="store_true", help="print instead of rewriting")
+    args = parser.parse_args(argv)
+    section = render()
+    if args.print:
+        print(section)
+        return
+    README.write_text(rewrite_readme(README.read_text(encoding="utf-8"), section), "utf-8")
+    print(f"updated {README}")
+
+
+if __name__ == "__main__":
+    main()
