@@ -461,3 +461,135 @@ def test_failed_update_leaves_every_parameter_and_state_unchanged(case, gseed, k
         assert _equal_atoms(_state_atoms(leaf.state), b)
     for u, b in zip(untrainable, before_u):
         assert torch.equal(u, b)
+
+
+# --- sequences of operations on one state ---------------------------------------------------
+
+SEQ_RULES = [
+    ft.Adam(0.1),
+    ft.AdamW(0.1, lambd=0.05),
+    ft.AdaGrad(0.1),
+    ft.Momentum(0.1),
+    ft.Rprop(0.05),
+    ft.OptimiserChain(ft.AccumGrad(2), ft.Adam(0.1)),
+    ft.OptimiserChain(ft.ClipNorm(1.0), ft.NAdam(0.1)),
+]
+
+
+class Sub(nn.Module):
+    def __init__(self, shared: nn.Parameter):
+        super().__init__()
+        self.lin = nn.Linear(3, 2).double()
+        self.shared = shared
+        self.register_buffer("stat", torch.zeros(2, dtype=torch.float64))
+
+
+def _seq_model():
+    gen = torch.Generator().manual_seed(3)
+    shared = nn.Parameter(torch.randn(2, generator=gen, dtype=torch.float64))
+    return {
+        "net": Sub(shared),
+        "pair": (shared, torch.randn(3, generator=gen, dtype=torch.float64)),
+        "w": torch.randn(2, 2, generator=gen, dtype=torch.float64),
+        "name": "x",
+    }
+
+
+def _at(tree, path):
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("update"), st.integers(0, 2**16)),
+        st.tuples(st.just("dotgrad"), st.integers(0, 2**16)),
+        st.tuples(st.just("adjust"), st.integers(0, 4), st.sampled_from([0.01, 0.05, 0.2])),
+        st.tuples(st.just("freeze"), st.integers(0, 4)),
+        st.tuples(st.just("thaw"), st.integers(0, 4)),
+        st.tuples(st.just("reset"), st.integers(0, 4)),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@SETTINGS
+@given(st.sampled_from(range(len(SEQ_RULES))), ops)
+def test_any_sequence_of_updates_adjusts_freezes_and_resets_matches_per_leaf_reference(r, seq):
+    rule = SEQ_RULES[r]
+    model = _seq_model()
+    state = ft.setup(rule, model)
+    found = ft.trainables(model, path=True)
+    params = [t for _, t in found]
+    leaves = [_at(state, p) for p, _ in found]
+    assert len(params) == 5 and len({id(leaf) for leaf in leaves}) == 5
+
+    ref_x = [t.detach().clone() for t in params]
+    with torch.no_grad():
+        ref_state = [rule.init(x) for x in ref_x]
+    ref_rules = [rule] * len(params)
+    frozen = [False] * len(params)
+
+    for op in seq:
+        kind = op[0]
+        if kind in ("update", "dotgrad"):
+            rng = random.Random(op[1])
+            grads = [
+                None if rng.random() < 0.25 else torch.randn(t.shape, dtype=torch.float64)
+                for t in params
+            ]
+            if kind == "update":
+                by_id = {id(t): g for t, g in zip(params, grads)}
+                tree = {
+                    "net": {
+                        "lin": {"weight": by_id[id(model["net"].lin.weight)],
+                                "bias": by_id[id(model["net"].lin.bias)]},
+                        "shared": by_id[id(model["net"].shared)],
+                    },
+                    # the tied tensor's gradient is given once, at net.shared
+                    "pair": (None, by_id[id(model["pair"][1])]),
+                    "w": by_id[id(model["w"])],
+                }  # fmt: skip
+                ft.update_(state, model, tree)
+            else:
+                for t, g in zip(params, grads):
+                    t.grad = g
+                ft.update_(state, model)
+                for t in params:
+                    t.grad = None
+            with torch.no_grad():
+                for i, g in enumerate(grads):
+                    if g is None or frozen[i]:
+                        continue
+                    ref_state[i], upd = ref_rules[i].apply(ref_state[i], ref_x[i], g)
+                    if upd is not None:
+                        ref_x[i].sub_(upd)
+        elif kind == "adjust":
+            ft.adjust_(leaves[op[1]], op[2])
+            ref_rules[op[1]] = ft.adjust(ref_rules[op[1]], op[2])
+        elif kind == "freeze":
+            ft.freeze_(leaves[op[1]])
+            frozen[op[1]] = True
+        elif kind == "thaw":
+            ft.thaw_(leaves[op[1]])
+            frozen[op[1]] = False
+        else:
+            ft.reset_(leaves[op[1]])
+            with torch.no_grad():
+                ref_state[op[1]] = ref_rules[op[1]].init(ref_x[op[1]])
+        for i, t in enumerate(params):
+            torch.testing.assert_close(t.detach(), ref_x[i], rtol=1e-10, atol=1e-12)
+            assert leaves[i].rule == ref_rules[i] and leaves[i].frozen == frozen[i]
+            got, want = _state_atoms(leaves[i].state), _state_atoms(ref_state[i])
+            assert len(got) == len(want)
+            for a, b in zip(got, want):
+                if isinstance(a, torch.Tensor):
+                    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+                elif isinstance(a, float):
+                    assert a == pytest.approx(b, rel=1e-12)
+                else:
+                    assert a == b
+    assert torch.equal(model["net"].stat, torch.zeros(2, dtype=torch.float64))
+    assert model["pair"][0] is model["net"].shared and model["name"] == "x"
