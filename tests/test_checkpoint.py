@@ -440,10 +440,20 @@ def test_sigkill_during_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     assert torch.equal(model["w"], torch.arange(1000.0))
     with pytest.raises(ft.CheckpointError, match="truncated"):
         ft.load(temps[0], model=model)  # the half-written file is recognisably incomplete
-    # A later save succeeds and replaces the old checkpoint.
+    # A later save succeeds, replaces the old checkpoint and removes the dead save's leftover.
     ft.save(path, model={"w": torch.ones(1000)}, step=3)
     assert ft.load(path) == {"step": 3}
-    assert os.path.exists(temps[0])  # (left for inspection; never mistaken for a checkpoint)
+    assert not temps[0].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
+
+
+def test_checkpoint_file_gets_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        ft.save(tmp_path / "c.safetensors", epoch=1)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.safetensors").stat().st_mode & 0o777 == 0o644
 
 
 def test_unregistered_rule_is_refused_at_save_and_registered_one_round_trips(tmp_path):

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import random
+import socket
 import struct
 import sys
 import tempfile
@@ -469,6 +470,50 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _temp_prefix(path: Path, pid: int) -> str:
+    return f".{path.name}.{socket.gethostname()}.{pid}."
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files that a save killed on this machine left behind."""
+    head = f".{path.name}.{socket.gethostname()}."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(head) and name.endswith(".tmp")):
+            continue
+        pid = name[len(head) :].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # still running: its save is in progress
+        except ProcessLookupError:
+            try:
+                os.unlink(path.parent / name)
+            except OSError:
+                pass
+        except OSError:
+            pass
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions a new checkpoint gets: the old file's, else what ``open`` would give."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        pass
+    try:  # the umask, read without changing it (os.umask would race with other threads)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
+
+
 def _write_file(path: Path, structure: str, tensors: dict[str, torch.Tensor]) -> None:
     names = sorted(tensors)
     index: dict[str, Any] = {}
@@ -497,9 +542,12 @@ def _write_file(path: Path, structure: str, tensors: dict[str, torch.Tensor]) ->
     hbytes += b" " * (-len(hbytes) % 8)  # safetensors aligns the data on 8 bytes
 
     directory = str(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path, os.getpid()), suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), _file_mode(path))  # mkstemp made it private (0600)
             _write_all(f, iter([struct.pack("<Q", len(hbytes)), hbytes, *data]))
             f.flush()
             os.fsync(f.fileno())
