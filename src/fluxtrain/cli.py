@@ -55,7 +55,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``fluxtrain`` command (``fluxtrain demo --help``)."""
+    """The argument parser of the ``fluxtrain`` command (``fluxtrain demo --help``).
+
+    Example:
+        >>> args = build_parser().parse_args(["demo", "--epochs", "3", "--optimiser", "AdamW"])
+        >>> args.epochs, args.optimiser, args.lr, str(args.out)
+        (3, 'AdamW', 0.003, 'runs')
+    """
     parser = argparse.ArgumentParser(
         prog="fluxtrain",
         description="fluxtrain: Flux.jl's training system on PyTorch.",
@@ -126,7 +132,17 @@ class DemoResult:
 
 
 def write_metrics_csv(rows: Sequence[dict[str, float]], path: Path) -> Path:
-    """Write one CSV row per epoch with the columns of ``_CSV_FIELDS``."""
+    """Write ``rows`` (one dict per epoch) to the CSV file ``path`` and return ``path``.
+
+    Columns: epoch, train_loss, train_accuracy, valid_loss, valid_accuracy (empty when missing).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "metrics.csv"
+        >>> _ = write_metrics_csv([{"epoch": 1, "train_loss": 0.5}], path)
+        >>> path.read_text().splitlines()
+        ['epoch,train_loss,train_accuracy,valid_loss,valid_accuracy', '1,0.5,,,']
+    """
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(_CSV_FIELDS), extrasaction="ignore")
         w.writeheader()
@@ -136,7 +152,16 @@ def write_metrics_csv(rows: Sequence[dict[str, float]], path: Path) -> Path:
 
 
 def plot_curves(rows: Sequence[dict[str, float]], run_dir: Path) -> list[Path]:
-    """``loss.png`` and ``accuracy.png``: training and validation curves per epoch."""
+    """Draw ``loss.png`` (log scale) and ``accuracy.png`` into ``run_dir``: training and
+    validation curves against the epoch; returns the two paths.
+
+    Example:
+        >>> import tempfile
+        >>> rows = [{"epoch": e, "train_loss": 1 / e, "valid_loss": 1.2 / e,
+        ...          "train_accuracy": 1 - 0.5 / e, "valid_accuracy": 1 - 0.6 / e} for e in (1, 2)]
+        >>> [p.name for p in plot_curves(rows, Path(tempfile.mkdtemp()))]
+        ['loss.png', 'accuracy.png']
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; the figure only goes to a file
@@ -164,7 +189,13 @@ def plot_curves(rows: Sequence[dict[str, float]], run_dir: Path) -> list[Path]:
 
 
 def resolve_rule(name: str) -> type:
-    """The fluxtrain rule class called ``name`` (case-insensitive), which must have ``eta``."""
+    """The fluxtrain rule class called ``name`` (case-insensitive) that has a learning rate
+    ``eta``; a ``ValueError`` listing the choices otherwise.
+
+    Example:
+        >>> resolve_rule("nesterov")
+        <class 'fluxtrain.optimisers.rules.Nesterov'>
+    """
     import fluxtrain as ft
 
     rules = {
@@ -187,7 +218,13 @@ def resolve_rule(name: str) -> type:
 
 def make_cnn(channels: int, height: int, width: int, nclasses: int = 10) -> Any:
     """A small CNN for ``(N, channels, height, width)`` images: two 3x3 convolutions, a 2x2 max
-    pool, a hidden dense layer with dropout, and ``nclasses`` logits."""
+    pool, a hidden dense layer with dropout, and ``nclasses`` logits.
+
+    Example:
+        >>> import torch
+        >>> make_cnn(1, 8, 8)(torch.zeros(5, 1, 8, 8)).shape
+        torch.Size([5, 10])
+    """
     import fluxtrain as ft
 
     pool = 2 if height <= 8 else 4  # MNIST's 28x28 is pooled harder to keep the demo quick
