@@ -4,6 +4,7 @@ import dataclasses
 import math
 from collections import namedtuple
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -600,3 +601,21 @@ def test_float16_epsilon_floor_in_rmsprop():
     expected = -1e-3 * float(torch.tensor(1e-4, dtype=torch.float16)) / floor
     assert math.isfinite(x.item())
     assert x.item() == pytest.approx(expected, rel=2e-3)
+
+
+def test_hyperparameters_are_cast_to_the_parameter_dtype():
+    # Optimisers.jl computes in the parameter's type: T(eta) * dx, then x - that, each rounded
+    # to T.  For float32 that is exactly NumPy's float32 arithmetic (no float64 detour).
+    x = torch.tensor([1.0, -2.0, 0.3], dtype=torch.float32)
+    g = torch.tensor([3.0, 0.7, -1.1], dtype=torch.float32)
+    st = ft.setup(ft.Descent(0.1), x)
+    ft.update_(st, x, g)
+    eta = np.float32(0.1)
+    expected = np.array([1.0, -2.0, 0.3], np.float32) - eta * np.array([3.0, 0.7, -1.1], np.float32)
+    assert expected.dtype == np.float32
+    np.testing.assert_array_equal(x.numpy(), expected)
+    # the same arithmetic in float64 differs: the float32 result is not a float64 one rounded
+    x64 = np.array([1.0, -2.0, 0.3], np.float32).astype(np.float64) - 0.1 * np.array(
+        [3.0, 0.7, -1.1], np.float32
+    ).astype(np.float64)
+    assert not np.array_equal(x64, x.numpy().astype(np.float64))
