@@ -2,6 +2,9 @@
 
     python tests/_resume_worker.py CHECKPOINT STEPS OUT
 loads CHECKPOINT into a freshly built setup, trains STEPS more batches and saves the model to OUT.
+
+    python tests/_resume_worker.py --learner CHECKPOINT EPOCHS OUT
+builds a fresh Learner, ``fit_(learner, EPOCHS, resume=CHECKPOINT)``, saves the model to OUT.
 """
 
 from __future__ import annotations
@@ -47,7 +50,26 @@ def train_steps(model, st, loader, n):
     return model
 
 
-if __name__ == "__main__":
+def build_learner(folder):
+    """The same run as a Learner with a Checkpointer writing to ``folder`` every epoch."""
+    model, _, loader = build()
+    g = torch.Generator().manual_seed(5)
+    valid = [(torch.randn(8, 6, generator=g), torch.randn(8, 1, generator=g)) for _ in range(2)]
+    return ft.Learner(
+        model,
+        torch.nn.functional.mse_loss,
+        ft.OptimiserChain(ft.ClipNorm(1.0), ft.AdamW(0.01, lambd=0.01)),
+        callbacks=[ft.callbacks.Checkpointer(folder), ft.callbacks.Recorder()],
+        data=(loader, valid),
+    )
+
+
+if __name__ == "__main__" and sys.argv[1] == "--learner":
+    ckpt, epochs, out = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    learner = build_learner(out + ".checkpoints")
+    ft.fit_(learner, epochs, resume=ckpt)
+    ft.save(out, model=learner.model, epoch=learner.epoch)
+elif __name__ == "__main__":
     ckpt, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     model, st, loader = build()
     ft.load(ckpt, model=model, opt_state=st, data=loader)

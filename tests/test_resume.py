@@ -72,3 +72,29 @@ def test_resume_without_the_loader_state_would_differ(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert not all(torch.equal(a, b) for a, b in zip(straight, model2.parameters()))
+
+
+def test_learner_resumed_with_fit_resume_in_a_fresh_process_is_bit_identical(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        straight = worker.build_learner(tmp_path / "straight")
+        ft.fit_(straight, 4)
+        expected = [p.detach().clone() for p in straight.model.parameters()]
+
+        first = worker.build_learner(tmp_path / "first")
+        ft.fit_(first, 2)  # an interrupted run: its Checkpointer wrote epoch 1 and 2
+        ckpt = tmp_path / "first" / "epoch_002.safetensors"
+        assert ckpt.exists()
+    finally:
+        torch.set_num_threads(threads)
+
+    out = tmp_path / "resumed.safetensors"
+    cmd = [sys.executable, str(Path(worker.__file__)), "--learner", str(ckpt), "4", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed, _, _ = worker.build()
+    torch.set_num_threads(threads)
+    assert ft.load(out, model=resumed)["epoch"] == 4
+    for a, b in zip(expected, resumed.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(straight.model[1].running_var, resumed[1].running_var)
