@@ -94,7 +94,7 @@ def _scalar(v: Any, name: str) -> float:
             raise ValueError(
                 f"metric {name!r} returned a tensor of shape {tuple(v.shape)}, not a scalar"
             )
-        return float(v.detach().float().item())
+        return float(v.item())
     return float(v)
 
 

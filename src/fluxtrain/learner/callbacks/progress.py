@@ -79,6 +79,8 @@ class ProgressBar(Callback):
                     dynamic_ncols=True,
                     mininterval=self.mininterval,
                 )
+                if self._bar.disable:  # not a terminal: skip the per-step calls altogether
+                    self._bar = None
         else:
             self._close()
 
