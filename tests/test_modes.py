@@ -162,3 +162,24 @@ def test_alphadropout_keeps_mean_and_std_and_is_inactive_outside_gradient():
     A = ((1 - p) * (1 + p * a1**2)) ** -0.5
     dropped = A * a1 - A * a1 * p
     assert bool(torch.isclose(y, torch.tensor(dropped)).any())
+
+
+def test_trainmode_calls_a_users_train_override():
+    calls = []
+
+    class Frozen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(2)
+
+        def train(self, mode=True):
+            calls.append(mode)
+            super().train(mode)
+            self.bn.eval()  # a common pattern: keep BatchNorm statistics frozen
+            return self
+
+    m = ft.Chain(ft.Dense(2, 2), Frozen())
+    ft.trainmode_(m)
+    assert calls == [True] and not m.layers[1].bn.training
+    ft.testmode_(m)
+    assert calls == [True, False]

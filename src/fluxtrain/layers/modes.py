@@ -57,24 +57,26 @@ def _tidy(mode: Any, name: str) -> bool | None:
 def _set_active(model: Any, active: bool | None) -> None:
     seen: set[int] = set()
 
-    def walk(x: Any) -> None:
+    def walk(x: Any, switched: bool) -> None:
         if id(x) in seen:
             return
         seen.add(id(x))
         if isinstance(x, nn.Module):
-            if hasattr(x, "active"):
+            if "active" in x.__dict__:
                 x.active = active
             else:
                 setattr(x, _FORCED, active)
-            if active is not None:
-                # torch's own flag, so plain torch modules inside follow too
-                x.training = active
+            if active is not None and not switched:
+                # torch's own .train()/.eval(), once per outermost module: it recurses, and
+                # calls any override a user's module has
+                x.train(active)
+                switched = True
         ch = children(x)
         if ch:
             for v in ch.values():
-                walk(v)
+                walk(v, switched)
 
-    walk(model)
+    walk(model, False)
 
 
 def trainmode_(model: Any, mode: bool | str | None = True) -> Any:
