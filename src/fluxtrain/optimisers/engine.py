@@ -191,8 +191,13 @@ class FlatGroup:
             return self.g
         if any(g is None for g in grads):
             return None
-        flat = torch.cat([g.reshape(-1) for g in grads]).to(self.x.dtype)
-        self.g.copy_(flat)
+        parts = [g.reshape(-1) for g in grads]
+        if any(g is v for g, v in zip(grads, self.gviews)) or any(
+            g.dtype != self.x.dtype for g in grads
+        ):
+            self.g.copy_(torch.cat(parts).to(self.x.dtype))  # some already live in the buffer
+        else:
+            torch.cat(parts, out=self.g)
         for p, v in zip(self.params, self.gviews):
             p.grad = v  # later backward passes accumulate here in place, with no gather
         return self.g
