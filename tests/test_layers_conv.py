@@ -156,3 +156,14 @@ def test_upsample_matches_torch_interpolation():
 def test_pixelshuffle_matches_torch():
     x = torch.randn(2, 12, 3, 4)
     torch.testing.assert_close(ft.PixelShuffle(2)(x), nn.PixelShuffle(2)(x))
+
+
+def test_pad_stride_and_pool_errors_name_the_argument():
+    with pytest.raises(ValueError, match="pad must be an int, 2 or 4 ints"):
+        ft.Conv((3, 3), (1, 1), pad=(1, 2, 3))
+    with pytest.raises(ValueError, match="stride must be an int or 2"):
+        ft.Conv((3, 3), (1, 1), stride=(1, 2, 3))
+    with pytest.raises(ValueError, match="at least 1"):
+        ft.MaxPool((2, 2), stride=0)
+    with pytest.raises(ValueError, match=r"MaxPool\(\(2, 2\)\) expects input \(N, C, 2 spatial"):
+        ft.MaxPool((2, 2))(torch.randn(3, 4, 5))
