@@ -694,3 +694,25 @@ def test_state_dict_is_plain_json_data_and_round_trips():
 def test_load_state_dict_rejects_foreign_data():
     with pytest.raises(ValueError, match="not a saved learner state"):
         linear_learner().load_state_dict({"epoch": 1})
+
+
+def test_resume_needs_a_checkpoint_with_learner_state():
+    learner = linear_learner(data=batches(2))
+    with pytest.raises(ValueError, match="no learner state"):
+        ft.fit_(learner, 1, resume="x.ckpt", load_fn=lambda path, model, opt_state: {"epoch": 3})
+
+
+def test_fit_with_a_shuffling_dataloader_saves_its_order_state():
+    X, Y = torch.randn(40, 2), torch.randn(40, 1)
+    train = ft.DataLoader((X, Y), batchsize=8, shuffle=True, rng=0)
+    learner = ft.Learner(
+        torch.nn.Linear(2, 1), F.mse_loss, callbacks=[ft.callbacks.Recorder()], data=train
+    )
+    ft.fit_(learner, 2)
+    assert learner.cbstate.history[ft.TrainingPhase].samples == 80
+    state = learner.state_dict()["data"]["training"]
+    # A loader restored from the saved state shuffles the next epoch as the original does.
+    other = ft.DataLoader((X, Y), batchsize=8, shuffle=True, rng=123)
+    other.load_state_dict(state)
+    for (xa, _), (xb, _) in zip(train, other):
+        assert torch.equal(xa, xb)

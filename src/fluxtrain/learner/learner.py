@@ -512,6 +512,12 @@ def fit_(
         extras = (load_fn or _default_load)(
             resume, model=learner.model, opt_state=learner.opt_state
         )
+        if "learner" not in extras:
+            raise ValueError(
+                f"fit_(..., resume={resume!r}): the checkpoint has no learner state (extras: "
+                f"{sorted(extras)}); write checkpoints with ft.callbacks.Checkpointer, or pass "
+                f"learner=learner.state_dict() to ft.save"
+            )
         learner.load_state_dict(extras["learner"])
         saved = learner._resume_progress
         if saved is not None:
