@@ -103,6 +103,13 @@ def test_dense_init_is_called_with_the_shape_and_bias_can_be_removed_or_given():
         ft.Dense(2, 3, init=lambda *s: torch.ones(2))
 
 
+def test_dense_takes_bias_positionally_in_the_order_of_its_signature():
+    d = ft.Dense(2, 3, ft.relu, False)
+    assert d.bias is None and d.act is ft.relu
+    with pytest.raises(TypeError, match="too many"):
+        ft.Dense(2, 3, ft.relu, False, 1)
+
+
 def test_dense_from_a_weight_matrix():
     d = ft.Dense(torch.ones(3, 2), False, ft.relu)
     assert d.bias is None and d.act is ft.relu

@@ -164,7 +164,8 @@ class Chain(Layer):
 
 
 class Dense(Layer):
-    """Fully connected layer, ``y = act(x Wᵀ + b)`` on the last dimension (Flux's ``Dense``).
+    """``Dense(in, out, act=identity, bias=True, init=glorot_uniform)``: the fully connected
+    layer ``y = act(x Wᵀ + b)`` on the last dimension (Flux's ``Dense``).
 
     Sizes as Flux's ``Dense(in => out, act)``: ``Dense(784, 32, σ)`` or ``Dense((784, 32), σ)``.
     ``weight`` has shape ``(out, in)`` (as Flux and ``nn.Linear``), ``bias`` ``(out,)``.  The
@@ -201,12 +202,14 @@ class Dense(Layer):
         else:
             in_dim, out_dim, rest = in_out("Dense", args, "Dense(in, out, act) or Dense((in, out))")
             weight = _init_tensor(init, (out_dim, in_dim), "Dense")
-        if len(rest) > 1:
+        if len(rest) > 2 or (len(rest) == 2 and isinstance(args[0], torch.Tensor)):
             raise TypeError(f"Dense: too many positional arguments {args!r}")
         if rest:
             if act is not None:
                 raise TypeError("Dense: activation given both positionally and as act=")
             act = rest[0]
+        if len(rest) == 2:  # Dense(in, out, act, bias), the order of the signature
+            bias = rest[1]
         self.act = act_or_identity(act)
         self.weight = nn.Parameter(weight)
         self.bias = _make_bias(bias, out_dim, weight, "Dense")
