@@ -126,17 +126,41 @@ def _backward(
 ) -> tuple:
     if isinstance(loss, torch.Tensor) and loss.requires_grad and inputs.tensors:
         grad_output = None if seed is None else torch.as_tensor(seed, dtype=loss.dtype)
-        raw = torch.autograd.grad(
-            loss,
-            inputs.tensors,
-            grad_outputs=grad_output,
-            allow_unused=True,
-            retain_graph=retain,
-        )
+        if any(isinstance(a, _DDP) for a in args):
+            raw = _backward_through_ddp(loss, inputs.tensors, grad_output, retain)
+        else:
+            raw = torch.autograd.grad(
+                loss,
+                inputs.tensors,
+                grad_outputs=grad_output,
+                allow_unused=True,
+                retain_graph=retain,
+            )
     else:
         raw = (None,) * len(inputs.tensors)
     by_id = {key: raw[i] for key, i in inputs.slot.items()}
-    return tuple(_gradient_tree(a, by_id) for a in args)
+    # A DistributedDataParallel model's gradient mirrors the inner model (as its optimiser
+    # state does): no ``module`` level.
+    return tuple(_gradient_tree(a.module if isinstance(a, _DDP) else a, by_id) for a in args)
+
+
+_DDP = nn.parallel.DistributedDataParallel
+
+
+def _backward_through_ddp(
+    loss: torch.Tensor, tensors: list[torch.Tensor], seed: Any, retain: bool
+) -> tuple:
+    """Gradients via ``backward`` (DDP averages over ranks in its hooks on ``.grad``, which
+    ``torch.autograd.grad`` never runs); the tensors' own ``.grad`` is left as it was."""
+    saved = [t.grad for t in tensors]
+    for t in tensors:
+        t.grad = None
+    try:
+        torch.autograd.backward(loss, grad_tensors=seed, retain_graph=retain, inputs=tensors)
+        return tuple(t.grad for t in tensors)
+    finally:
+        for t, g in zip(tensors, saved):
+            t.grad = g
 
 
 def _implicit(args: tuple) -> Any:
