@@ -212,6 +212,13 @@ def test_seed002_implicit_params_and_penalty_over_params():
     (explicit,) = ft.gradient(lambda m: loss(m(input), label), model)
     torch.testing.assert_close(grad[model.layers[0].weight], explicit.layers[0].weight)
 
+    # implicit-style loss closing over the model: loss(x, y) = sum((model(x) .- y).^2)
+    def closure_loss(x, y):
+        return ((model(x) - y) ** 2).sum()
+
+    grad2 = ft.gradient(lambda: closure_loss(input, label), ft.params(model))
+    torch.testing.assert_close(grad2[model.layers[1].weight], explicit.layers[1].weight)
+
     # penalty = sum(pen_l2, Flux.params(m))
     def pen_l2(x):
         return (x**2).sum() / 2
