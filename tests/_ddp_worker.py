@@ -48,10 +48,25 @@ def train(out: str) -> None:
     for _ in range(EPOCHS):
         losses = ft.train_(lossfn, ddp, loader, st)
         epoch_losses.append(ft.all_reduce_mean(sum(losses) / len(losses)))
+    # The Learner (its step differentiates with ft.gradient) on a second wrapped model.
+    learner_model = problem()[0]
+    learner = make_learner(ft.data_parallel(learner_model), world)
+    ft.fit_(learner, EPOCHS)
     # Every rank asks to save: only rank 0 writes.
     ft.save(f"{out}.rank{rank}", model=ddp)
     ft.save(out, model=ddp, opt_state=st, epoch_losses=epoch_losses, world=world)
+    ft.save(f"{out}.learner", model=learner.model, opt_state=learner.opt_state)
     ft.shutdown_distributed()
+
+
+def make_learner(model, world: int):
+    _, X, Y = problem()
+    shard = "auto" if world > 1 else None
+    loader = ft.DataLoader(
+        (X, Y), batchsize=GLOBAL_BATCH // world, shuffle=True, rng=3, shard=shard
+    )
+    mse = torch.nn.functional.mse_loss
+    return ft.Learner(model, mse, ft.Momentum(0.05), callbacks=[], data=loader)
 
 
 def die(how: str) -> None:

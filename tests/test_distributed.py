@@ -29,7 +29,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_training_equals_one_process_on_the_concatenated_batches(tmp_path):
+def test_two_process_ddp_train_and_learner_equal_one_process_on_concatenated_batches(tmp_path):
     out = tmp_path / "ddp.safetensors"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -59,6 +59,13 @@ def test_two_process_ddp_training_equals_one_process_on_the_concatenated_batches
         assert not torch.allclose(p, p0, rtol=0, atol=1e-3)  # training did move it
     for a, b in zip(extras["epoch_losses"], ref_losses):
         assert abs(a - b) < 1e-6  # metrics are the mean over ranks
+    # The Learner on a DDP model equals the Learner in one process.
+    learner = worker.make_learner(worker.problem()[0], world=1)
+    ft.fit_(learner, worker.EPOCHS)
+    ddp_learned = worker.problem()[0]
+    ft.load(f"{out}.learner", model=ddp_learned)
+    for p, q in zip(learner.model.parameters(), ddp_learned.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-6)
     # Checkpoints carry no "module." prefix, and only rank 0 wrote.
     assert (tmp_path / "ddp.safetensors.rank0").exists()
     assert not (tmp_path / "ddp.safetensors.rank1").exists()
