@@ -195,6 +195,22 @@ def test_fmap_keeps_ties():
     assert len(calls) == 1
 
 
+def test_fmap_keeps_tied_module_weights_as_one_parameter():
+    enc, dec = nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)
+    dec.weight = enc.weight
+    out = ft.fmap(lambda t: t.double(), nn.Sequential(enc, dec))
+    assert out[0].weight is out[1].weight
+    assert isinstance(out[0].weight, nn.Parameter) and out[0].weight.dtype == torch.float64
+    assert ft.trainables(out) == [out[0].weight]
+
+
+def test_fmap_keeps_a_shared_submodule_as_one_module():
+    block = nn.Linear(2, 2)
+    out = ft.fmap(lambda t: t.double(), nn.Sequential(block, nn.ReLU(), block))
+    assert out[0] is out[2]
+    assert out[0] is not block and block.weight.dtype == torch.float32
+
+
 def test_fmap_on_module_returns_new_module_and_leaves_original():
     lin = nn.Linear(2, 2)
     out = ft.fmap(lambda t: torch.zeros_like(t), lin)

@@ -380,8 +380,9 @@ def fmap(f: Callable[..., Any], x: Any, *ys: Any) -> Any:
     """Rebuild the tree ``x`` with ``f`` applied to each tensor leaf (Functors' ``fmap``).
 
     With extra trees ``ys``, they are walked in parallel and ``f(leaf, y_leaf, ...)`` is called;
-    a ``None`` branch in a ``y`` gives ``None`` leaves below it.  A tensor reached twice (tied)
-    is transformed once and the result is reused, so ties survive.  Modules are shallow-copied
+    a ``None`` branch in a ``y`` gives ``None`` leaves below it.  A tensor or a submodule reached
+    twice (tied weights, a shared block) is transformed once and the result is reused, so ties
+    survive.  Modules are shallow-copied
     with their parameters replaced; the original model is not changed (unless ``f`` mutates).
 
     Example:
@@ -397,6 +398,10 @@ def fmap(f: Callable[..., Any], x: Any, *ys: Any) -> Any:
             if key not in cache:
                 cache[key] = f(node, *others)
             return cache[key]
+        if isinstance(node, nn.Module) and id(node) in modules:
+            # A submodule reached twice (shared block) stays one module, as in Functors.jl,
+            # whose fmap caches every mutable node, not only the leaves.
+            return modules[id(node)]
         ch = children(node)
         if ch is None:
             return node
@@ -413,9 +418,12 @@ def fmap(f: Callable[..., Any], x: Any, *ys: Any) -> Any:
                         grad = old.requires_grad and (v.is_floating_point() or v.is_complex())
                         params[id(v)] = nn.Parameter(v, requires_grad=grad)
                     new[k] = params[id(v)]
+            modules[id(node)] = rebuild(node, new)
+            return modules[id(node)]
         return rebuild(node, new)
 
     params: dict[int, nn.Parameter] = {}
+    modules: dict[int, nn.Module] = {}
     return walk(x, ys)
 
 
