@@ -37,24 +37,24 @@ def table_rows(text: str) -> list[list[str]]:
     return rows
 
 
-def names_in_cell(cell: str) -> set[str]:
-    """Names a cell's code spans translate: the whole span, its callable head, and pieces.
+_TOKEN = re.compile(r"@?[^\W\d][\w.]*!?")
 
-    `Flux.adjust!(opt_state, 0.01)` yields `Flux.adjust!(opt_state, 0.01)`, `Flux.adjust!`
-    and `adjust!`; `@layer NewLayer trainable=(weight,)` yields `@layer`; `StepBegin, StepEnd`
-    in one span yields both.
+
+def names_in_cell(cell: str) -> set[str]:
+    """Names a cell's code spans mention: every identifier, macro and dotted name, with its
+    dotted prefixes and last component.
+
+    `Flux.adjust!(opt_state, 0.01)` yields `Flux`, `Flux.adjust!`, `adjust!`, `opt_state`;
+    `@layer NewLayer trainable=(weight,)` yields `@layer`; `sum(abs2, x)/2` yields `sum`, `abs2`.
     """
     found: set[str] = set()
     for span in _CODE_SPAN.findall(cell):
         found.add(span)
-        for part in re.split(r",\s*(?![^()]*\))", span):
-            part = part.strip()
-            head = re.split(r"[\s(\[=]", part, maxsplit=1)[0]
-            found.update({part, head})
-            found.add(head.rsplit(".", 1)[-1])
-            # `Functors.@functor` is cited as `@functor` too.
-            if "." in head and "@" in head:
-                found.add(head[head.index("@") :])
+        for token in _TOKEN.findall(span):
+            token = token.rstrip(".")
+            parts = token.split(".")
+            found.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+            found.add(parts[-1])
     return found
 
 
@@ -105,4 +105,7 @@ def test_names_in_cell_reads_calls_macros_and_lists():
     assert "@layer" in names_in_cell("`@layer NewLayer trainable=(weight,)`")
     assert {"StepBegin", "StepEnd"} <= names_in_cell("`StepBegin`, `StepEnd`")
     assert "@functor" in names_in_cell("`Functors.@functor`")
-    assert "Cos" in names_in_cell("`Cos(λ0 = 1e-4, λ1 = 1e-2, period = 10)`")
+    assert {"Cos", "λ0", "period"} <= names_in_cell("`Cos(λ0 = 1e-4, λ1 = 1e-2, period = 10)`")
+    assert {"sum", "abs2"} <= names_in_cell("`sum(abs2, x)/2`")
+    assert {"Flux.Optimise", "Optimiser"} <= names_in_cell("`Flux.Optimise.Optimiser(a, b)`")
+    assert "nothing_here" not in names_in_cell("plain text nothing_here, no code span")
