@@ -667,3 +667,20 @@ def test_a_rejected_callback_leaves_the_learner_unchanged():
     with pytest.raises(ft.CallbackOrderError):
         learner.add_callback(W("b", writes=("cbstate.x",)))
     assert learner.callbacks == before
+
+
+def test_sanity_check_does_not_change_what_training_sees():
+    def run(with_check):
+        torch.manual_seed(5)
+        X, Y = torch.randn(32, 2), torch.randn(32, 1)
+        train = ft.DataLoader((X, Y), batchsize=8, shuffle=True, rng=1)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(2, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1)
+        )
+        cbs = [SanityCheck()] if with_check else []
+        learner = ft.Learner(model, F.mse_loss, ft.Descent(0.1), callbacks=cbs, data=(train, train))
+        ft.fit_(learner, 2)
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(run(True), run(False)):
+        assert torch.equal(a, b)

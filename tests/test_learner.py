@@ -716,3 +716,15 @@ def test_fit_with_a_shuffling_dataloader_saves_its_order_state():
     other.load_state_dict(state)
     for (xa, _), (xb, _) in zip(train, other):
         assert torch.equal(xa, xb)
+
+
+def test_building_a_learner_does_not_start_iterating_its_data():
+    X = torch.arange(32.0).reshape(32, 1)
+
+    def loader():
+        return ft.DataLoader((X, X), batchsize=8, shuffle=True, rng=1)
+
+    train = loader()
+    ft.Learner(torch.nn.Linear(1, 1), F.mse_loss, callbacks=[], data=(train, train))
+    for (a, _), (b, _) in zip(train, loader()):
+        assert torch.equal(a, b)

@@ -16,7 +16,7 @@ import base64
 import dataclasses
 import random
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -88,15 +88,14 @@ def _check_iterable(d: Any, where: str) -> Any:
             f"{where} is a {type(d).__name__}, not an iterable of batches: wrap arrays in "
             f"ft.DataLoader((X, Y), batchsize=...) or pass a list of (xs, ys) pairs"
         )
-    try:
-        it = iter(d)
-    except TypeError:
-        raise TypeError(f"{where} must be an iterable of batches, got {type(d).__name__}") from None
-    if it is d:
+    # Never call iter() here: a DataLoader draws its shuffled order when iteration starts.
+    if isinstance(d, Iterator):
         raise TypeError(
             f"{where} is an iterator (e.g. a generator), which would be used up after one epoch; "
             f"pass something iterable many times: a list of batches or a DataLoader"
         )
+    if not (hasattr(d, "__iter__") or hasattr(d, "__getitem__")):
+        raise TypeError(f"{where} must be an iterable of batches, got {type(d).__name__}")
     return d
 
 

@@ -55,7 +55,9 @@ class SanityCheck(Callback):
 
     All failures are reported together in a :class:`SanityCheckError` naming each check, the
     exception it met and the shapes involved.  Missing validation data only warns.  The
-    model's buffers (e.g. BatchNorm statistics) are restored afterwards and no update is made.
+    model's buffers (e.g. BatchNorm statistics), the torch random state and the training
+    loader's state are restored afterwards, and no update is made: training runs as it would
+    without the check.
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -94,6 +96,11 @@ class SanityCheck(Callback):
         ]
         failed: tuple[str, str] | None = None
         saved = _save_buffers(learner.model)
+        # Drawing a batch and running Dropout use random numbers and may advance the loader:
+        # put both back so that checking does not change what training sees.
+        rng = torch.get_rng_state()
+        train = learner.data.training
+        loader_state = train.state_dict() if callable(getattr(train, "state_dict", None)) else None
         try:
             for name, check in checks:
                 try:
@@ -106,6 +113,9 @@ class SanityCheck(Callback):
                     break
         finally:
             _restore_buffers(saved)
+            torch.set_rng_state(rng)
+            if loader_state is not None:
+                train.load_state_dict(loader_state)
         if learner.data.validation is None:
             warnings.warn(
                 "SanityCheck: the learner has no validation data, so fit_ runs training epochs "
