@@ -146,3 +146,21 @@ def test_lr_find_needs_training_data():
     learner = ft.Learner(torch.nn.Linear(1, 1), F.mse_loss, callbacks=[])
     with pytest.raises(ValueError, match="needs training data"):
         ft.lr_find(learner)
+
+
+def test_training_after_lr_find_is_the_same_as_without_it():
+    def run(sweep):
+        torch.manual_seed(2)
+        X = torch.randn(64, 4)
+        train = ft.DataLoader((X, X.sum(1, keepdim=True)), batchsize=16, shuffle=True, rng=4)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 1)
+        )
+        learner = ft.Learner(model, F.mse_loss, ft.Adam(0.01), callbacks=[], data=train)
+        if sweep:
+            ft.lr_find(learner, 1e-4, 1.0, nsteps=6)
+        ft.fit_(learner, 2)
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(run(True), run(False)):
+        assert torch.equal(a, b)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..optimisers import adjust_
 from .control import Handle, runepoch
@@ -93,7 +94,8 @@ def lr_find(
     through it as needed; return the rates, losses and a suggested rate.
 
     The sweep works on copies: ``learner.model``, ``learner.opt_state`` and everything else are
-    unchanged afterwards.  ``plot`` saves the curve to a PNG file.
+    unchanged afterwards, and the torch random state and the training loader's position are
+    restored, so a fit afterwards is the same as without the sweep.  ``plot`` saves the curve to a PNG file.
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -152,12 +154,19 @@ def lr_find(
                 raise ValueError("lr_find: the training data is empty")
 
     saved = (learner.model, learner.opt_state, learner.step, learner._runner)
+    # The sweep draws batches (a DataLoader advances its order) and random numbers (Dropout):
+    # put both back so that training afterwards sees what it would have seen.
+    rng = torch.get_rng_state()
+    loader_state = train.state_dict() if callable(getattr(train, "state_dict", None)) else None
     try:
         learner.model, learner.opt_state = model, opt_state
         learner._runner = type(learner._runner)([], {})
         runepoch(sweep, learner, phase)
     finally:
         learner.model, learner.opt_state, learner.step, learner._runner = saved
+        torch.set_rng_state(rng)
+        if loader_state is not None:
+            train.load_state_dict(loader_state)
 
     # Points after divergence would dominate the slope: leave the last one out when it diverged.
     keep = len(lrs) if len(lrs) == nsteps else max(len(lrs) - 1, 1)
