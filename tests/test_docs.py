@@ -91,6 +91,21 @@ def test_python_blocks_of_page_run(page, tmp_path, monkeypatch):
     assert os.getcwd() == str(tmp_path)
 
 
+def test_pictures_in_the_docs_exist_and_are_not_blank():
+    import matplotlib.image
+    import numpy as np
+
+    shown = set()
+    for page in DOCS.rglob("*.md"):
+        for target in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", page.read_text("utf-8")):
+            shown.add((page.parent / target).resolve())
+    assert len(shown) >= 5
+    for path in sorted(shown):
+        img = matplotlib.image.imread(path)
+        colours = np.unique(img[..., :3].reshape(-1, 3), axis=0)
+        assert img[..., :3].var() > 0 and len(colours) > 2, f"{path.name} is blank"
+
+
 def test_code_blocks_are_found_with_language_and_line():
     text = "intro\n```python\nx = 1\n```\n\n```bash\nls\n```\n"
     assert code_blocks(text) == [("python", "x = 1\n", 2), ("bash", "ls\n", 6)]
