@@ -377,3 +377,27 @@ def test_accumgrad_one_passes_every_gradient_through():
     ft.update_(st, x, torch.tensor([1.0]))
     ft.update_(st, x, torch.tensor([1.0]))
     assert torch.equal(x, torch.tensor([0.0]))
+
+
+def test_global_clipnorm_takes_one_norm_over_the_gradients_of_the_call():
+    rule = ft.OptimiserChain(ft.ClipNorm(1.0, scope="global"), ft.Descent(1.0))
+    m = {"a": torch.zeros(2), "b": torch.zeros(1), "c": torch.zeros(1)}
+    st = ft.setup(rule, m)
+    # |[3, 0] ++ [4]| = 5: every array scaled by 1/5; None branches take no part in the norm.
+    ft.update_(st, m, {"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([4.0]), "c": None})
+    torch.testing.assert_close(m["a"], torch.tensor([-0.6, 0.0]))
+    torch.testing.assert_close(m["b"], torch.tensor([-0.8]))
+    assert torch.equal(m["c"], torch.zeros(1))
+    # a frozen leaf takes no part either
+    ft.freeze_(st["b"])
+    ft.update_(st, m, {"a": torch.tensor([0.0, 2.0]), "b": torch.tensor([100.0]), "c": None})
+    torch.testing.assert_close(m["a"], torch.tensor([-0.6, -1.0]))
+    torch.testing.assert_close(m["b"], torch.tensor([-0.8]))
+
+
+def test_global_clipnorm_throw_raises_before_any_update():
+    m = {"a": torch.zeros(2), "b": torch.zeros(1)}
+    st = ft.setup(ft.OptimiserChain(ft.ClipNorm(1.0, scope="global"), ft.Momentum(0.1)), m)
+    with pytest.raises(ft.NonFiniteGradientError):
+        ft.update_(st, m, {"a": torch.tensor([1.0, 1.0]), "b": torch.tensor([float("inf")])})
+    assert torch.equal(m["a"], torch.zeros(2)) and torch.equal(st["a"].state[1], torch.zeros(2))
