@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="train on MNIST instead: DIR holds the four IDX files "
-        "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-..., optionally .gz)",
+        help="train on MNIST instead (validating on its test set): DIR holds the four IDX "
+        "files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-..., optionally .gz); "
+        "60,000 images take far longer per epoch than the digits, so try --epochs 3",
     )
     demo.add_argument(
         "--threads",
@@ -162,15 +163,17 @@ def plot_curves(rows: Sequence[dict[str, float]], run_dir: Path) -> list[Path]:
         >>> [p.name for p in plot_curves(rows, Path(tempfile.mkdtemp()))]
         ['loss.png', 'accuracy.png']
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed; the figure only goes to a file
-    import matplotlib.pyplot as plt
+    # The object-oriented API draws off-screen without touching pyplot's global backend, so
+    # calling this from a notebook leaves its plotting set-up alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in rows]
     written = []
     for metric, ylabel in (("loss", "cross-entropy loss"), ("accuracy", "accuracy")):
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        fig = Figure(figsize=(6, 4), dpi=100, layout="tight")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
         for phase, style in (("train", "o-"), ("valid", "s-")):
             ax.plot(epochs, [r[f"{phase}_{metric}"] for r in rows], style, label=phase, ms=3)
         ax.set_xlabel("epoch")
@@ -180,10 +183,8 @@ def plot_curves(rows: Sequence[dict[str, float]], run_dir: Path) -> list[Path]:
         ax.set_title(f"{metric} per epoch")
         ax.grid(True, alpha=0.3)
         ax.legend()
-        fig.tight_layout()
         path = run_dir / f"{metric}.png"
         fig.savefig(path)
-        plt.close(fig)
         written.append(path)
     return written
 
@@ -312,7 +313,6 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
     valid = ft.DataLoader((xva, yva), batchsize=max(args.batchsize, 256))
     name = args.name or f"{dataset}-{rule_class.__name__.lower()}-seed{args.seed}"
     run_dir = Path(args.out) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     threads = torch.get_num_threads()
     # A model this small runs fastest on one thread (and much faster than two on a busy machine).
@@ -344,6 +344,7 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
         torch.set_num_threads(threads)
 
     rows = _epoch_rows(learner)
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no empty folder
     result = DemoResult(run_dir=run_dir, rows=rows)
     result.valid_accuracy = rows[-1]["valid_accuracy"] if rows else float("nan")
     result.files.append(write_metrics_csv(rows, run_dir / "metrics.csv"))
