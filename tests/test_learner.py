@@ -728,3 +728,18 @@ def test_building_a_learner_does_not_start_iterating_its_data():
     ft.Learner(torch.nn.Linear(1, 1), F.mse_loss, callbacks=[], data=(train, train))
     for (a, _), (b, _) in zip(train, loader()):
         assert torch.equal(a, b)
+
+
+def test_a_bad_saved_state_changes_nothing():
+    learner = ft.Learner(
+        torch.nn.Linear(2, 1), mae, callbacks=[ft.callbacks.Recorder()], data=batches(2)
+    )
+    ft.fit_(learner, 1)
+    good = learner.state_dict()
+    bad = copy.deepcopy(good)
+    bad["epoch"] = 7
+    bad["cbstate"]["history"] = {"__type__": "NoSuchType", "state": {}}
+    with pytest.raises(ValueError, match="unknown callback state type 'NoSuchType'"):
+        learner.load_state_dict(bad)
+    assert learner.epoch == 1
+    assert learner.cbstate.history[ft.TrainingPhase].steps == 2

@@ -383,6 +383,11 @@ class Learner:
                 f"not a saved learner state (expected format {_FORMAT!r}, got "
                 f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r})"
             )
+        missing = {"epoch", "progress", "cbstate", "callbacks", "data", "rng"} - set(state)
+        if missing:
+            raise ValueError(f"the saved learner state lacks {sorted(missing)}")
+        # Decode everything before changing anything, so that a bad state changes nothing.
+        cbstate = {k: from_plain(v) for k, v in state["cbstate"].items()}
         by_key = dict(self._callback_keys())
         for key in state["callbacks"]:
             if key not in by_key:
@@ -393,8 +398,8 @@ class Learner:
                 )
         self.epoch = int(state["epoch"])
         self._resume_progress = state["progress"]
-        for k, v in state["cbstate"].items():
-            self.cbstate[k] = from_plain(v)
+        for k, v in cbstate.items():
+            self.cbstate[k] = v
         for key, cb in by_key.items():
             if key in state["callbacks"]:
                 cb.load_state_dict(state["callbacks"][key])
