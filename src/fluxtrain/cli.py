@@ -167,6 +167,7 @@ def plot_curves(rows: Sequence[dict[str, float]], run_dir: Path) -> list[Path]:
     # calling this from a notebook leaves its plotting set-up alone.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
     written = []
@@ -177,6 +178,7 @@ def plot_curves(rows: Sequence[dict[str, float]], run_dir: Path) -> list[Path]:
         for phase, style in (("train", "o-"), ("valid", "s-")):
             ax.plot(epochs, [r[f"{phase}_{metric}"] for r in rows], style, label=phase, ms=3)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         if metric == "loss":
             ax.set_yscale("log")
