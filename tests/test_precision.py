@@ -178,6 +178,15 @@ def test_autocast_names_and_disabled_forms():
         ft.precision_dtype("f8")
 
 
+@pytest.fixture
+def one_thread():
+    # Small models train fastest on one thread, and results do not depend on the core count.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _digits_accuracy(autocast) -> float:
     torch.manual_seed(0)
     (Xtr, ytr), (Xva, yva) = ft.load_digits(split=0.2, seed=0)
@@ -202,8 +211,36 @@ def _digits_accuracy(autocast) -> float:
     return float((pred == yva).float().mean())
 
 
-def test_bf16_autocast_training_of_a_cnn_on_digits_is_within_one_point_of_float32():
+def test_bf16_autocast_training_of_a_cnn_on_digits_is_within_one_point_of_float32(one_thread):
     acc32 = _digits_accuracy(None)
     acc16 = _digits_accuracy(torch.bfloat16)
     assert acc32 > 0.9  # the float32 run learned the task
     assert abs(acc16 - acc32) <= 0.01
+
+
+def test_hand_written_float16_loop_with_loss_scaler_recovers_from_overflow_and_learns(
+    one_thread,
+):
+    torch.manual_seed(0)
+    (Xtr, ytr), (Xva, yva) = ft.load_digits(split=0.2, seed=0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )
+    opt_state = ft.setup(ft.Adam(1e-2), model)
+    scaler = ft.LossScaler(init_scale=2.0**40, growth_interval=20)  # far too large at first
+    loader = ft.DataLoader((Xtr, ytr), batchsize=64, shuffle=True, rng=0)
+
+    def lossfn(m, x, y):
+        return torch.nn.functional.cross_entropy(m(x).float(), y)
+
+    for _ in range(4):
+        for x, y in loader:
+            with ft.autocast("f16", "cpu"):
+                _, grads = ft.withgradient(lambda m: scaler.scale(lossfn(m, x, y)), model)  # noqa: B023
+            scaler.step_(opt_state, model, grads[0])
+    # 2^40 overflows float16 (max 65504): the scale backed off until gradients were finite.
+    assert scaler.skipped >= 20 and scaler.scale_value <= 2.0**20
+    assert scaler.steps + scaler.skipped == 4 * len(loader)
+    with torch.no_grad():
+        acc = float((model(Xva).argmax(1) == yva).float().mean())
+    assert acc > 0.9
