@@ -285,6 +285,24 @@ def test_extras_round_trip_nested_values_tensors_rules_and_stateful_objects(tmp_
     assert other.state_dict() == scaler.state_dict() and other.scale_value == 32.0
 
 
+def test_object_refusing_its_state_leaves_model_unchanged(tmp_path):
+    X = torch.arange(20.0)
+    loader = ft.DataLoader(X, batchsize=4, shuffle=True, rng=0)
+    running = iter(loader)
+    next(running)
+    model = make()
+    ft.save(tmp_path / "c.safetensors", model=model, data=loader)
+    target = make()
+    before = [p.clone() for p in target.parameters()]
+    other = ft.DataLoader(X, batchsize=5, shuffle=True, rng=0)
+    with pytest.raises(ValueError, match="batchsize"):
+        ft.load(tmp_path / "c.safetensors", model=target, data=other)
+    assert all(torch.equal(a, b) for a, b in zip(before, target.parameters()))
+    same = ft.DataLoader(X, batchsize=4, shuffle=True, rng=99)
+    ft.load(tmp_path / "c.safetensors", model=target, data=same)
+    assert torch.equal(next(iter(same)), next(running))  # continues where loader stopped
+
+
 def test_unsaveable_extra_is_an_error_before_anything_is_written(tmp_path):
     ft.save(tmp_path / "c.safetensors", epoch=1)
     with pytest.raises(ft.CheckpointError, match="cannot save function at extra/fn"):

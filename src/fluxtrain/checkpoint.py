@@ -739,6 +739,7 @@ def load(
     r = _Reader(tensors, str(path))
     skipped: list[str] = []
     copies: list[Callable[[], None]] = []
+    stateful: list[tuple[Any, Any]] = []
 
     def problem(msg: str) -> None:
         if strict:
@@ -762,10 +763,13 @@ def load(
             raise TypeError(
                 f"load: {name}= must be an object with load_state_dict(), got {type(obj).__name__}"
             )
-        copies.append(lambda obj=obj, sd=extras[name]: obj.load_state_dict(sd))
+        stateful.append((obj, extras[name]))
     rng = _decode(structure["rng"], "rng", r) if restore_rng and "rng" in structure else None
 
-    # Everything was checked: now change things.
+    # Everything we can check was checked.  Objects such as a DataLoader validate their own
+    # state in load_state_dict, so they go first: if one refuses, model and state are untouched.
+    for obj, sd in stateful:
+        obj.load_state_dict(sd)
     with torch.no_grad():
         for c in copies:
             c()
