@@ -401,3 +401,24 @@ def test_global_clipnorm_throw_raises_before_any_update():
     with pytest.raises(ft.NonFiniteGradientError):
         ft.update_(st, m, {"a": torch.tensor([1.0, 1.0]), "b": torch.tensor([float("inf")])})
     assert torch.equal(m["a"], torch.zeros(2)) and torch.equal(st["a"].state[1], torch.zeros(2))
+
+
+@pytest.mark.parametrize("others", [None, torch.tensor([3.0, 4.0])], ids=["alone", "grouped"])
+def test_clipnorm_without_throw_nan_norm_gives_nan_however_leaves_are_grouped(others):
+    # Optimisers.jl: lambda = min(omega / NaN, 1) = NaN, so the whole array becomes NaN; the
+    # result must not depend on whether the engine updates the leaf alone or in a flat group.
+    rule = ft.OptimiserChain(ft.ClipNorm(1.0, throw=False), ft.Descent(1.0))
+    m = {"a": torch.zeros(2), "b": torch.zeros(2)}
+    st = ft.setup(rule, m)
+    ft.update_(st, m, {"a": torch.tensor([float("nan"), 1.0]), "b": others})
+    assert bool(torch.isnan(m["a"]).all())
+    if others is not None:
+        torch.testing.assert_close(m["b"], torch.tensor([-0.6, -0.8]))
+
+
+def test_clipnorm_without_throw_infinite_norm_scales_finite_entries_to_zero():
+    x = torch.zeros(3)
+    st = ft.setup(ft.OptimiserChain(ft.ClipNorm(1.0, throw=False), ft.Descent(1.0)), x)
+    ft.update_(st, x, torch.tensor([float("inf"), 2.0, -3.0]))
+    assert math.isnan(x[0].item())  # inf * 0
+    assert torch.equal(x[1:], torch.zeros(2))

@@ -657,7 +657,9 @@ class ClipNorm(Rule):
     array separately.  ``scope="global"`` takes one norm over every parameter updated with this
     rule in the same ``update_`` call (torch's ``clip_grad_norm_``); a global ClipNorm must be the
     rule itself or the first rule of an :class:`OptimiserChain`.  With ``throw=True`` a non-finite
-    norm raises :class:`NonFiniteGradientError` before anything is updated.
+    norm raises :class:`NonFiniteGradientError` before anything is updated; with ``throw=False``
+    an infinite norm scales the array by 0 and a NaN norm makes it NaN (Optimisers.jl's
+    ``min(omega / norm, 1)``).
 
     Example:
         >>> ClipNorm(1.0, scope="global")
@@ -679,8 +681,10 @@ class ClipNorm(Rule):
     def factor(self, nrm: float, where: str) -> float:
         if self.throw and not math.isfinite(nrm):
             raise NonFiniteGradientError(f"gradient has {self.p:g}-norm {nrm}, for {where}")
-        if nrm == 0 or math.isnan(nrm):
+        if nrm == 0:
             return 1.0
+        # A NaN norm gives a NaN factor (min(omega/NaN, 1) is NaN, as in Optimisers.jl and
+        # torch's clip_grad_norm_), the same as the engine's per-parameter path over flat buffers.
         return min(self.omega / nrm, 1.0)
 
     def apply(self, state, x, dx):
