@@ -148,6 +148,26 @@ def test_update_on_module_matches_manual_descent():
     assert torch.equal(net.running, torch.zeros(2))
 
 
+def test_update_on_dataclass_and_namedtuple_model_with_gradient_tree():
+    model = {
+        "dc": Affine(torch.tensor([1.0, 2.0]), torch.tensor([0.5])),
+        "nt": Point(x=torch.tensor([3.0]), y=(torch.tensor([1.0, 1.0]), math.sin)),
+    }
+
+    def loss(m):
+        return (m["dc"].scale * m["nt"].x).sum() + m["nt"].y[0].sum() + 0 * m["dc"].shift.sum()
+
+    st = ft.setup(ft.Descent(0.5), model)
+    (g,) = ft.gradient(loss, model)
+    ft.update_(st, model, g)
+    assert isinstance(model["dc"], Affine) and isinstance(model["nt"], Point)
+    torch.testing.assert_close(model["dc"].scale, torch.tensor([-0.5, 0.5]))  # - 0.5 * 3
+    torch.testing.assert_close(model["nt"].x, torch.tensor([1.5]))  # - 0.5 * (1 + 2)
+    torch.testing.assert_close(model["nt"].y[0], torch.tensor([0.5, 0.5]))
+    assert torch.equal(model["dc"].shift, torch.tensor([0.5]))  # zero gradient, Descent
+    assert model["dc"].name == "affine" and model["nt"].y[1] is math.sin
+
+
 def test_update_with_plain_nested_dict_gradients():
     seq = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
     w0 = seq[0].weight.detach().clone()
