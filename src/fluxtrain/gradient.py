@@ -67,15 +67,16 @@ def _gradient_tree(x: Any, grads: dict[int, torch.Tensor | None]) -> Any:
     """The gradient of ``x`` in ``x``'s shape; all-``None`` subtrees collapse to ``None``."""
     if isinstance(x, torch.Tensor):
         return grads.get(id(x))
-    ch = children(x)
-    if ch is None:
-        return None
-    out = {}
-    for k, v in ch.items():
-        if isinstance(x, nn.Module) and k in x._buffers:
-            out[k] = None
-        else:
-            out[k] = _gradient_tree(v, grads)
+    if isinstance(x, nn.Module):
+        # Same keys, in the same order, as tree.children: parameters, buffers, submodules.
+        out = {k: grads.get(id(v)) for k, v in x._parameters.items() if v is not None}
+        out.update((k, None) for k, v in x._buffers.items() if v is not None)
+        out.update((k, _gradient_tree(v, grads)) for k, v in x._modules.items() if v is not None)
+    else:
+        ch = children(x)
+        if ch is None:
+            return None
+        out = {k: _gradient_tree(v, grads) for k, v in ch.items()}
     if all(v is None for v in out.values()):
         return None
     return make_node(x, out)

@@ -205,18 +205,42 @@ class GradientMismatchError(ValueError):
     """The gradient tree does not fit the model (structure, type or shape), at a named path."""
 
 
-def _grad_children_keys(g: Any) -> list | None:
+_MISSING = object()
+
+
+def _model_child(x: Any, k: Any) -> Any:
+    """Child ``k`` of a model node (``_MISSING`` if absent), without building a children dict."""
+    if isinstance(x, nn.Module):
+        for table in (x._parameters, x._modules, x._buffers):
+            v = table.get(k, _MISSING)
+            if v is not _MISSING:
+                return v
+        return _MISSING
+    if isinstance(x, Mapping):
+        return x.get(k, _MISSING)
+    ch = children(x)
+    if ch is None:
+        return _MISSING
+    return ch.get(k, _MISSING)
+
+
+def _extra_gradient_key(g: Any, st_children: dict) -> Any:
+    """A key of the gradient node that the state node lacks, or ``_MISSING``."""
     if isinstance(g, Node):
-        return list(g._children)
-    if isinstance(g, Mapping):
-        return list(g)
-    if isinstance(g, (list, tuple)) and node_kind(g) in ("list", "tuple"):
-        return list(range(len(g)))
-    return None
-
-
-def _same_key(a: Any, b: Any) -> bool:
-    return a == b or str(a) == str(b)
+        keys = g._children.keys()
+    elif isinstance(g, Mapping):
+        keys = g.keys()
+    elif isinstance(g, (list, tuple)) and node_kind(g) in ("list", "tuple"):
+        keys = range(len(g))
+    else:
+        return _MISSING
+    if keys == st_children.keys():
+        return _MISSING
+    valid = {str(k) for k in st_children}
+    for k in keys:
+        if str(k) not in valid:
+            return k
+    return _MISSING
 
 
 def _collect(state: Any, model: Any, grads: Any, use_dot_grad: bool) -> list[engine.Work]:
@@ -226,73 +250,73 @@ def _collect(state: Any, model: Any, grads: Any, use_dot_grad: bool) -> list[eng
     """
     work: dict[int, engine.Work] = {}
 
-    def walk(st: Any, x: Any, g: Any, path: KeyPath) -> None:
-        if st is None:
-            return
+    def walk(st: Any, x: Any, g: Any, path: tuple) -> None:
         if isinstance(st, Leaf):
             if not isinstance(x, torch.Tensor):
                 raise GradientMismatchError(
-                    f"the state has a Leaf at {path} but the model has {type(x).__name__} there"
+                    f"the state has a Leaf at {KeyPath(path)} but the model has "
+                    f"{type(x).__name__} there"
                 )
             if use_dot_grad:
                 g = None
             elif g is None:
                 return
-            if g is not None and not isinstance(g, torch.Tensor):
+            elif not isinstance(g, torch.Tensor):
                 raise GradientMismatchError(
-                    f"gradient at {path} should be a tensor of shape {tuple(x.shape)}, "
+                    f"gradient at {KeyPath(path)} should be a tensor of shape {tuple(x.shape)}, "
                     f"got {type(g).__name__}"
                 )
-            if g is not None and g.shape != x.shape:
+            elif g.shape != x.shape:
                 raise GradientMismatchError(
-                    f"gradient at {path} has shape {tuple(g.shape)} but the parameter has "
-                    f"shape {tuple(x.shape)}"
+                    f"gradient at {KeyPath(path)} has shape {tuple(g.shape)} but the parameter "
+                    f"has shape {tuple(x.shape)}"
                 )
             item = work.get(id(st))
             if item is None:
-                work[id(st)] = engine.Work(st, x, [] if g is None else [g], path)
+                work[id(st)] = engine.Work(st, x, [] if g is None else [g], KeyPath(path))
             elif item.x is not x:
                 raise GradientMismatchError(
-                    f"the Leaf at {path} is shared with {item.path}, but the model has different "
-                    f"tensors there: was the state set up for another model?"
+                    f"the Leaf at {KeyPath(path)} is shared with {item.path}, but the model has "
+                    f"different tensors there: was the state set up for another model?"
                 )
             elif g is not None and all(g is not h for h in item.grads):
                 item.grads.append(g)  # tied parameter: gradients are summed
             return
         if isinstance(g, torch.Tensor):
             raise GradientMismatchError(
-                f"gradient at {path} is a tensor but the model has a {type(x).__name__} there"
+                f"gradient at {KeyPath(path)} is a tensor but the model has a "
+                f"{type(x).__name__} there"
             )
-        st_children = children(st)
-        x_children = children(x)
-        if x_children is None:
-            raise GradientMismatchError(
-                f"the state has a subtree at {path} but the model has {type(x).__name__} there: "
-                f"was the state set up for another model?"
-            )
+        st_children = st._children if type(st) is Node else children(st)
+        if st_children is None:
+            return
         if g is not None and not use_dot_grad:
-            gkeys = _grad_children_keys(g)
-            if gkeys is not None:
-                for k in gkeys:
-                    if not any(_same_key(k, sk) for sk in st_children):
-                        raise GradientMismatchError(
-                            f"gradient has a child {k!r} at {path} that the model does not have "
-                            f"(model has {list(st_children)})"
-                        )
+            extra = _extra_gradient_key(g, st_children)
+            if extra is not _MISSING:
+                raise GradientMismatchError(
+                    f"gradient has a child {extra!r} at {KeyPath(path)} that the model does not "
+                    f"have (model has {list(st_children)})"
+                )
         for k, sub in st_children.items():
             if sub is None:
                 continue
-            if k not in x_children:
+            xk = _model_child(x, k)
+            if xk is _MISSING:
                 raise GradientMismatchError(
-                    f"the model has no child {k!r} at {path}: was the state set up for another "
-                    f"model?"
+                    f"the model has no child {k!r} at {KeyPath(path)}: was the state set up for "
+                    f"another model?"
                 )
-            gk = None if use_dot_grad else _child_of(g, k)
-            walk(sub, x_children[k], gk, path + (k,))
+            if use_dot_grad or g is None:
+                gk = None
+            elif type(g) is Node:
+                gk = g._children.get(k)
+            else:
+                gk = _child_of(g, k)
+            walk(sub, xk, gk, (*path, k))
 
     if grads is None and not use_dot_grad:
         return []
-    walk(state, model, grads, KeyPath())
+    walk(state, model, grads, ())
     return list(work.values())
 
 
