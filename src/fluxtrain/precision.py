@@ -200,8 +200,13 @@ class LossScaler:
         for (device, _), ts in by_device.items():
             found_inf = torch.zeros(1, device=device)
             inv = torch.full((1,), 1.0 / self.scale_value, device=device)
-            # One fused kernel per device/dtype: multiplies by 1/scale and flags Inf/NaN.
-            torch._amp_foreach_non_finite_check_and_unscale_(ts, found_inf, inv)
+            try:
+                # One fused kernel per device/dtype: multiplies by 1/scale and flags Inf/NaN.
+                torch._amp_foreach_non_finite_check_and_unscale_(ts, found_inf, inv)
+            except (RuntimeError, NotImplementedError):  # a backend without that kernel
+                torch._foreach_mul_(ts, 1.0 / self.scale_value)
+                finite = torch.stack([torch.isfinite(t).all() for t in ts]).all()
+                found_inf.fill_(float(not bool(finite)))
             found = found or bool(found_inf.item())
         return found
 
