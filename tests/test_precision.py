@@ -126,6 +126,20 @@ def test_unscale_divides_gradient_trees_and_dot_grad_exactly():
     assert torch.equal(lin.weight.grad, x)
 
 
+def test_unscale_without_the_fused_kernel_gives_the_same_result(monkeypatch):
+    def missing(*args):
+        raise NotImplementedError("no such kernel on this backend")
+
+    monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", missing)
+    scaler = ft.LossScaler(init_scale=4.0)
+    g = {"a": torch.full((3,), 8.0, dtype=torch.float16), "b": torch.tensor([4.0])}
+    assert not scaler.unscale_(g)
+    assert torch.equal(g["a"], torch.full((3,), 2.0, dtype=torch.float16))
+    assert torch.equal(g["b"], torch.tensor([1.0]))
+    assert scaler.unscale_({"a": torch.tensor([1.0, float("nan")])})
+    assert scaler.unscale_({"a": torch.tensor([float("-inf")], dtype=torch.bfloat16)})
+
+
 def test_loss_scaling_recovers_float16_gradients_that_would_underflow():
     torch.manual_seed(0)
     lin = torch.nn.Linear(4, 3)
