@@ -59,6 +59,29 @@ def test_momentum_train_example_reproduces_printed_state():
     )
 
 
+def test_momentum_train_example_with_fluxtrain_dense_and_train_():
+    # The same example in the seed's own words: Dense(2 => 1, leakyrelu; init=ones), train!.
+    model = ft.Dense(2, 1, ft.leakyrelu, init=lambda *size: torch.ones(*size, dtype=torch.float64))
+    assert torch.equal(model.bias.detach(), torch.zeros(1, dtype=torch.float64))
+    opt_state = ft.setup(ft.Momentum(0.1), model)
+    x1 = torch.tensor([0.2, -0.3], dtype=torch.float64)
+    y1 = torch.tensor([0.4], dtype=torch.float64)
+    losses = ft.train_(
+        lambda m, x, y: (m(x) - y).abs().sum() * 100, model, [(x1, y1), (x1, y1)], opt_state,
+        progress=False,
+    )  # fmt: skip
+    assert len(losses) == 2
+    torch.testing.assert_close(
+        opt_state.weight.state,
+        torch.tensor([[-2.018, 3.027]], dtype=torch.float64),
+        rtol=0,
+        atol=1e-12,
+    )
+    torch.testing.assert_close(
+        opt_state.bias.state, torch.tensor([-10.09], dtype=torch.float64), rtol=0, atol=1e-12
+    )
+
+
 def _nesterov_example():
     m = {"vec": torch.rand(2, dtype=torch.float32), "fun": math.sin}
     st = ft.setup(ft.Nesterov(), m)
