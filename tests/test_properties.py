@@ -281,11 +281,14 @@ cases = st.tuples(model_spec, st.integers(0, 2**16), st.sampled_from(range(len(R
 # --- properties -----------------------------------------------------------------------------
 
 
-def _check_mirror(spec, model, state, leaf_by_tensor):
+def _check_mirror(spec, model, state, leaf_by_tensor, rule):
     if spec[0] in ("t", "s"):
         assert isinstance(state, ft.Leaf)
         assert leaf_by_tensor.setdefault(id(model), state) is state  # one Leaf per tensor
-        assert state.state is None or _state_atoms(state.state)  # built by rule.init
+        assert state.rule == rule and not state.frozen
+        with torch.no_grad():
+            fresh = rule.init(model.detach().clone())
+        assert _equal_atoms(_state_atoms(state.state), _state_atoms(fresh))
         return
     if not _is_container(spec):
         assert state is None
@@ -295,7 +298,7 @@ def _check_mirror(spec, model, state, leaf_by_tensor):
     assert len(state) == len(kids)
     for k, c, m, ok in kids:
         if ok:
-            _check_mirror(c, m, state[k], leaf_by_tensor)
+            _check_mirror(c, m, state[k], leaf_by_tensor, rule)
         else:
             assert state[k] is None
 
@@ -306,7 +309,7 @@ def test_setup_mirrors_the_model(case):
     spec, seed, r = case
     model = _make(spec, seed)
     state = ft.setup(RULES[r], model)
-    _check_mirror(spec, model, state, {})
+    _check_mirror(spec, model, state, {}, RULES[r])
     assert len(list(ft.leaves(state))) == len(_unique_params(spec, model))
 
 
