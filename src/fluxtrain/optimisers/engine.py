@@ -120,6 +120,26 @@ def _global_clip(rule: Rule) -> ClipNorm | None:
 # Flat groups
 
 
+def _follow_parameter(leaf: Any, x: torch.Tensor) -> Any:
+    """The leaf's state, moved to the parameter's dtype/device if the model moved after setup.
+
+    Only state tensors made like the parameter (its dtype at setup) follow it, so a float32
+    master copy kept for a float16 parameter stays float32.
+    """
+    state = leaf.state
+    like = leaf._like
+    if like is None or (like[1] == x.dtype and like[2] == x.device):
+        return state
+    atoms = [
+        a.to(device=x.device, dtype=x.dtype if a.dtype == like[1] else a.dtype)
+        if isinstance(a, torch.Tensor)
+        else a
+        for a in _atoms(state)
+    ]
+    leaf._like = (x.shape, x.dtype, x.device)
+    return _fill(state, atoms, [0])
+
+
 class FlatGroup:
     """Leaves sharing rule, dtype, device, frozen flag and scalar state, in contiguous buffers."""
 
@@ -135,7 +155,7 @@ class FlatGroup:
         p0 = params[0]
         with torch.no_grad():
             self.x = torch.cat([p.detach().reshape(-1) for p in params]).to(p0.dtype)
-            states = [leaf.state for leaf in leaves]
+            states = [_follow_parameter(leaf, p) for leaf, p in zip(leaves, params)]
             per_leaf = [_atoms(s) for s in states]
             self.template = states[0]
             atoms0 = per_leaf[0]
@@ -203,7 +223,18 @@ class FlatGroup:
         return self.g
 
     def gather(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        torch.cat([g.reshape(-1) for g in grads], out=self.g)
+        """One flat gradient from explicit gradients.
+
+        It goes into the group's gradient buffer only while no ``.grad`` is a view of it: the
+        user's ``.grad`` must not change, and ``torch.cat`` cannot write over its own inputs.
+        """
+        parts = [g.reshape(-1) for g in grads]
+        buffer = self.g.untyped_storage().data_ptr()
+        if any(p.grad is v for p, v in zip(self.params, self.gviews)) or any(
+            g.untyped_storage().data_ptr() == buffer for g in grads
+        ):
+            return torch.cat(parts)
+        torch.cat(parts, out=self.g)
         return self.g
 
 
@@ -211,11 +242,21 @@ def _group_key(leaf: Any, x: torch.Tensor) -> tuple:
     return (leaf.rule, x.dtype, x.device, leaf.frozen, _scalars(leaf.state))
 
 
-def _pack(triples: list[tuple[Any, torch.Tensor, Any]]) -> list[FlatGroup]:
-    """Group (leaf, parameter, path) triples; give each group buffers, reusing intact ones."""
+def _pack(triples: list[tuple[Any, torch.Tensor, Any]]) -> _Plan:
+    """Group (leaf, parameter, path) triples; give each group buffers, reusing intact ones.
+
+    A parameter that is a view of another tensor (``x._base``) is left where it is, as a
+    *loose* leaf updated on its own: re-pointing it would cut it off from its base.
+    """
     by_key: dict[tuple, list[tuple[Any, torch.Tensor, Any]]] = defaultdict(list)
+    loose = []
     for leaf, x, path in triples:
-        by_key[_group_key(leaf, x)].append((leaf, x, path))
+        if x._base is not None:
+            if leaf._flat is not None:
+                leaf.state = leaf.state  # detach from any old group
+            loose.append(Work(leaf, x, [], path))
+        else:
+            by_key[_group_key(leaf, x)].append((leaf, x, path))
     groups = []
     for members in by_key.values():
         leaves = [m[0] for m in members]
@@ -231,11 +272,11 @@ def _pack(triples: list[tuple[Any, torch.Tensor, Any]]) -> list[FlatGroup]:
             and g.intact()
         ):
             # Same members: keep the buffers; a new eta (adjust_) or flag needs no copy.
-            g.rule, g.frozen = leaves[0].rule, leaves[0].frozen
+            g.rule, g.frozen, g.paths = leaves[0].rule, leaves[0].frozen, paths
             groups.append(g)
         else:
             groups.append(FlatGroup(leaves, params, paths))
-    return groups
+    return _Plan(_VERSION[0], 0, groups, loose)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +288,14 @@ class _Plan:
     version: int
     model_id: int
     groups: list[FlatGroup]
+    loose: list[Work]
+
+    def owns(self, leaf: Any, x: torch.Tensor) -> bool:
+        """True if ``x`` is the parameter this plan updates for ``leaf``."""
+        if leaf._flat is not None:
+            g, j = leaf._flat
+            return g.params[j] is x
+        return any(w.leaf is leaf and w.x is x for w in self.loose)
 
 
 _PLANS: dict[int, _Plan] = {}
@@ -261,21 +310,28 @@ def _cached(state: Any, model: Any) -> _Plan | None:
     return plan
 
 
-def update_plan(state: Any, model: Any, pairs: Any) -> list[FlatGroup]:
-    """The groups for ``state``/``model``; ``pairs()`` lists (leaf, param) when rebuilding."""
+def update_plan(state: Any, model: Any, pairs: Any, items: list[Work] | None = None) -> _Plan:
+    """The plan for ``state``/``model``; ``pairs()`` lists (leaf, param, path) to rebuild it.
+
+    With ``items`` (from a walk of the model), a parameter replaced since the plan was made
+    (``lin.weight = nn.Parameter(...)``) forces a rebuild.
+    """
     plan = _cached(state, model)
+    if plan is not None and items is not None and not all(plan.owns(w.leaf, w.x) for w in items):
+        plan = None
     if plan is not None:
-        return plan.groups
+        return plan
     with torch.no_grad():
-        groups = _pack(pairs())
+        plan = _pack(pairs())
+    plan.model_id = id(model)
     try:
         key = id(state)
         if key not in _PLANS:
             weakref.finalize(state, _PLANS.pop, key, None)
-        _PLANS[key] = _Plan(_VERSION[0], id(model), groups)
+        _PLANS[key] = plan
     except TypeError:
         pass  # a state that cannot be weakly referenced is simply not cached
-    return groups
+    return plan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,12 +464,19 @@ def _gradient(w: Work) -> torch.Tensor:
     return g
 
 
-def run_items(groups: list[FlatGroup], items: list[Work]) -> None:
+def _needs_global_clip(items: list[Work]) -> bool:
+    return any(_global_clip(w.leaf.rule) is not None for w in items)
+
+
+def run_items(plan: _Plan, items: list[Work]) -> None:
     """Update from explicit gradients: whole groups fused, partially covered groups per leaf."""
     by_leaf = {id(w.leaf): w for w in items}
     whole: list[tuple[FlatGroup, torch.Tensor]] = []
-    partial: list[Work] = []
-    for g in groups:
+    partial: list[Work] = [w for w in plan.loose if id(w.leaf) in by_leaf and not w.leaf.frozen]
+    partial = [by_leaf[id(w.leaf)] for w in partial]
+    for w in partial:
+        w.dx = _gradient(w)
+    for g in plan.groups:
         if g.frozen:
             continue
         ws = [by_leaf.get(id(leaf)) for leaf in g.leaves]
@@ -426,26 +489,14 @@ def run_items(groups: list[FlatGroup], items: list[Work]) -> None:
             whole.append((g, g.gather([w.dx for w in present])))
         else:
             partial.extend(present)
-    # Partial groups: checks first, then the per-leaf reference path (rare: None branches).
-    for w in partial:
-        if _throwing_clips(w.leaf.rule) and not bool(torch.isfinite(w.dx).all()):
-            raise NonFiniteGradientError(
-                f"gradient at {w.path} contains Inf or NaN and its rule has a ClipNorm with "
-                f"throw=True; nothing was updated"
-            )
-    if partial and any(_global_clip(w.leaf.rule) is not None for w in partial):
-        # global clipping needs every gradient of the call together: use the per-leaf path
-        _run_unpacked(items)
-        return
-    step_groups(whole)
-    _apply_per_leaf(partial)
+    _finish(whole, partial)
 
 
-def run_dot_grad(groups: list[FlatGroup]) -> None:
+def run_dot_grad(plan: _Plan) -> None:
     """Update from each parameter's ``.grad`` (zero-copy when they are the engine's views)."""
     whole: list[tuple[FlatGroup, torch.Tensor]] = []
     partial: list[Work] = []
-    for g in groups:
+    for g in plan.groups:
         if g.frozen:
             continue
         dx = g.attached_grad()
@@ -454,18 +505,37 @@ def run_dot_grad(groups: list[FlatGroup]) -> None:
             continue
         for leaf, p, path in zip(g.leaves, g.params, g.paths):
             if p.grad is not None:
-                w = Work(leaf, p, [p.grad], path)
-                w.dx = _gradient(w)
-                partial.append(w)
-    if partial:
-        for w in partial:
-            if _throwing_clips(w.leaf.rule) and not bool(torch.isfinite(w.dx).all()):
-                raise NonFiniteGradientError(
-                    f"gradient at {w.path} contains Inf or NaN and its rule has a ClipNorm with "
-                    f"throw=True; nothing was updated"
-                )
+                partial.append(Work(leaf, p, [p.grad], path))
+    for w in plan.loose:
+        if w.x.grad is not None and not w.leaf.frozen:
+            partial.append(Work(w.leaf, w.x, [w.x.grad], w.path))
+    for w in partial:
+        w.dx = _gradient(w)
+    _finish(whole, partial)
+
+
+def _finish(whole: list[tuple[FlatGroup, torch.Tensor]], partial: list[Work]) -> None:
+    """Run whole groups fused and the rest per leaf; every check happens before any change."""
+    if partial and _needs_global_clip(partial):
+        # A global norm needs every gradient of the call together: take the per-leaf path.
+        items = list(partial)
+        for g, dx in whole:
+            for leaf, p, path, part in zip(g.leaves, g.params, g.paths, dx.split(g.numels)):
+                items.append(Work(leaf, p, [part.view(p.shape)], path, part.view(p.shape)))
+        _run_unpacked(items)
+        return
+    for w in partial:
+        _check_leaf_finite(w)
     step_groups(whole)
     _apply_per_leaf(partial)
+
+
+def _check_leaf_finite(w: Work) -> None:
+    if _throwing_clips(w.leaf.rule) and not bool(torch.isfinite(w.dx).all()):
+        raise NonFiniteGradientError(
+            f"gradient at {w.path} contains Inf or NaN and its rule has a ClipNorm with "
+            f"throw=True; nothing was updated"
+        )
 
 
 def _run_unpacked(items: list[Work]) -> None:
@@ -474,11 +544,7 @@ def _run_unpacked(items: list[Work]) -> None:
     for w in items:
         if w.dx is None:
             w.dx = _gradient(w)
-        if _throwing_clips(w.leaf.rule) and not bool(torch.isfinite(w.dx).all()):
-            raise NonFiniteGradientError(
-                f"gradient at {w.path} contains Inf or NaN and its rule has a ClipNorm with "
-                f"throw=True; nothing was updated"
-            )
+        _check_leaf_finite(w)
     by_clip: dict[ClipNorm, list[Work]] = defaultdict(list)
     for w in items:
         clip = _global_clip(w.leaf.rule)
@@ -502,8 +568,8 @@ def run(items: list[Work]) -> None:
     if not items:
         return
     with torch.no_grad():
-        groups = _pack([(w.leaf, w.x, w.path) for w in items])
-    run_items(groups, items)
+        plan = _pack([(w.leaf, w.x, w.path) for w in items])
+        run_items(plan, items)
 
 
 def run_reference(items: list[Work]) -> None:

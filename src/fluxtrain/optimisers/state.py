@@ -282,9 +282,10 @@ def _collect(state: Any, model: Any, grads: Any, use_dot_grad: bool) -> list[eng
             elif g is not None and all(g is not h for h in item.grads):
                 item.grads.append(g)  # tied parameter: gradients are summed
             return
-        if isinstance(g, torch.Tensor):
+        if g is not None and not use_dot_grad and node_kind(g) is None:
+            what = "a tensor" if isinstance(g, torch.Tensor) else f"{type(g).__name__} {g!r:.40}"
             raise GradientMismatchError(
-                f"gradient at {KeyPath(path)} is a tensor but the model has a "
+                f"gradient at {KeyPath(path)} is {what} but the model has a "
                 f"{type(x).__name__} there"
             )
         st_children = st._children if type(st) is Node else children(st)
@@ -357,7 +358,7 @@ def update_(state: Any, model: Any, grads: Any = None) -> tuple[Any, Any]:
             engine.run_dot_grad(engine.update_plan(state, model, pairs))
         else:
             items = _collect(state, model, grads, use_dot_grad=False)  # validates, mutates nothing
-            engine.run_items(engine.update_plan(state, model, pairs), items)
+            engine.run_items(engine.update_plan(state, model, pairs, items), items)
     return state, model
 
 
