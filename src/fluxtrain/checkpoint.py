@@ -692,8 +692,6 @@ def save(
                 else [list(like[0]), str(like[1]).removeprefix("torch.")],
             }
         structure["opt_state"] = leaves
-        if isinstance(opt_state, Leaf):
-            structure["opt_state_root"] = True
 
     structure["rng"] = _encode(_rng_state(), "rng", w)
     structure["extra"] = {k: _encode(v, f"extra/{k}", w) for k, v in extra.items()}
