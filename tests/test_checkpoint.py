@@ -109,6 +109,18 @@ def test_every_rule_state_round_trips_exactly_and_training_continues_identically
     assert torch.equal(fresh["a"], model["a"]) and torch.equal(fresh["b"][0], model["b"][0])
 
 
+def test_bare_tensor_model_and_leaf_state_round_trip(tmp_path):
+    x = torch.tensor([1.0, -2.0])
+    st = ft.setup(ft.Adam(0.1), x)
+    ft.update_(st, x, torch.tensor([0.5, 0.5]))
+    ft.save(tmp_path / "c.safetensors", model=x, opt_state=st)
+    y = torch.zeros(2)
+    st2 = ft.setup(ft.Descent(), y)
+    ft.load(tmp_path / "c.safetensors", model=y, opt_state=st2)
+    assert torch.equal(x, y) and st2.rule == ft.Adam(0.1)
+    assert_same_state(st.state, st2.state)
+
+
 def test_chain_frozen_subtree_and_adjusted_eta_survive(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
     st = ft.setup(ft.OptimiserChain(ft.WeightDecay(0.01), ft.Adam(0.001)), model)
