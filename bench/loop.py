@@ -27,6 +27,8 @@ bench/results/loop.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import statistics
@@ -122,6 +124,31 @@ def ft_withgradient_loop(X: torch.Tensor, Y: torch.Tensor) -> tuple[nn.Module, C
     return model, epoch
 
 
+class _Batches:
+    """The batches of one epoch, with a length (so the Learner's progress bar knows it)."""
+
+    def __init__(self, X: torch.Tensor, Y: torch.Tensor) -> None:
+        self.X, self.Y = X, Y
+
+    def __len__(self) -> int:
+        return (len(self.X) + BATCH - 1) // BATCH
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return batches(self.X, self.Y)
+
+
+def ft_learner(X: torch.Tensor, Y: torch.Tensor) -> tuple[nn.Module, Callable[[], None]]:
+    """``fit_`` for one epoch with the default callbacks (metrics, recorder, printer...)."""
+    model = make_model()
+    learner = ft.Learner(model, F.cross_entropy, ft.Adam(1e-3), data=(_Batches(X, Y), None))
+
+    def epoch() -> None:
+        with contextlib.redirect_stdout(io.StringIO()):  # the metrics table of each epoch
+            ft.fit_(learner, 1)
+
+    return model, epoch
+
+
 def _lightning():
     try:
         import lightning.pytorch as pl  # type: ignore[import-not-found]
@@ -199,6 +226,7 @@ ROWS: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[nn.Module, Callable
     "fluxtrain: train_": ft_train,
     "fluxtrain: hand loop, backward + update_": ft_backward_loop,
     "fluxtrain: hand loop, withgradient + update_": ft_withgradient_loop,
+    "fluxtrain: Learner fit_, default callbacks": ft_learner,
 }
 REFERENCE = "torch: hand loop, Adam(fused=True)"
 

@@ -17,9 +17,12 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
-from ..gradient import gradient
+from ..gradient import _gradient_tree, _split_output, gradient
+from ..mode import differentiating
 from ..optimisers import update_
+from ..optimisers.state import unwrap
 from .control import Handle, runepoch, runstep
 from .events import BackwardBegin, BackwardEnd, LossBegin
 from .exceptions import CancelEpochException, CancelStepException
@@ -168,6 +171,8 @@ class TrainingPhase(AbstractTrainingPhase):
 
     def step(self, learner: Any, batch: Any) -> StepState:
         xs, ys = _pair(batch, self)
+        if isinstance(learner.model, nn.Module):
+            return runstep(_module_step(learner), learner, self, {"xs": xs, "ys": ys})
 
         def run(handle: Handle, state: StepState) -> None:
             def loss_of(model: Any) -> Any:
@@ -185,6 +190,40 @@ class TrainingPhase(AbstractTrainingPhase):
             update_(learner.opt_state, learner.model, state.grads)
 
         return runstep(run, learner, self, {"xs": xs, "ys": ys})
+
+
+def _module_step(learner: Any) -> Any:
+    """The same step for a Module, with the gradient going through ``.grad``.
+
+    It fires the same events and leaves the same state (``state.grads`` is the gradient tree
+    ``ft.gradient`` would give), but lets backward write into the update engine's buffers and
+    calls ``update_`` without a gradient tree walk: the path ``train_`` takes too.
+    """
+    model = unwrap(learner.model)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(handle: Handle, state: StepState) -> None:
+        for p in params:
+            p.grad = None
+        with torch.enable_grad(), differentiating(), autocast_context(learner, state.xs):
+            state.ys_pred = learner.model(state.xs)
+            handle(LossBegin())
+            state.loss = learner.lossfn(state.ys_pred, state.ys)
+        handle(BackwardBegin())
+        loss, _ = _split_output(state.loss)
+        if isinstance(loss, torch.Tensor) and loss.requires_grad:
+            torch.autograd.backward(loss, inputs=params)
+        state.grads = _gradient_tree(model, {id(p): p.grad for p in params})
+        state.loss = _detached(state.loss)
+        state.ys_pred = _detached(state.ys_pred)
+        handle(BackwardEnd())
+        try:
+            update_(learner.opt_state, learner.model)
+        finally:
+            for p in params:
+                p.grad = None
+
+    return run
 
 
 class ValidationPhase(AbstractValidationPhase):
