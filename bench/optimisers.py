@@ -67,7 +67,11 @@ def layouts(total: int) -> dict[str, Callable[[], nn.Module]]:
         blocks = max(1, total // per_block)
         layers: list[nn.Module] = []
         for _ in range(blocks):
-            layers += [nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.Linear(4 * width, width)]
+            layers += [
+                nn.LayerNorm(width),
+                nn.Linear(width, 4 * width),
+                nn.Linear(4 * width, width),
+            ]
         return nn.Sequential(*layers)
 
     return {"a: 10 x 1M": many(10), "b: 2000 x 5k": many(2000), "c: MLP layer mix": mlp}

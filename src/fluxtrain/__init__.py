@@ -9,14 +9,18 @@ Each module below owns one concept and lists its public names in ``__all__``; th
 gathers them.
 """
 
-from . import tree
+from . import tree as tree
 from .gradient import *  # noqa: F403
 from .optimisers import *  # noqa: F403
-from .tree import KeyPath, Node, fmap, layer, trainables
+from .tree import KeyPath as KeyPath
+from .tree import Node as Node
+from .tree import fmap as fmap
+from .tree import layer as layer
+from .tree import trainables as trainables
 from .layers import *  # noqa: F403
 from .device import *  # noqa: F403
 from .encoding import *  # noqa: F403
-from . import losses
+from . import losses as losses
 from .data import *  # noqa: F403
 from .datasets import *  # noqa: F403
 from .schedules import *  # noqa: F403
@@ -24,7 +28,7 @@ from .optimisers.scheduler import *  # noqa: F403
 from .train import *  # noqa: F403
 from .implicit import *  # noqa: F403
 from .learner import *  # noqa: F403
-from . import callbacks
+from . import callbacks as callbacks
 from .checkpoint import *  # noqa: F403
 from .distributed import *  # noqa: F403
 from .precision import *  # noqa: F403
