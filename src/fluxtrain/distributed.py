@@ -6,7 +6,14 @@ then there is one rank, rank 0, and reductions return their input.
 A multi-process run calls :func:`init_distributed` once (it reads what ``torchrun`` puts in the
 environment), wraps the model with :func:`data_parallel`, shards its data with
 ``ft.DataLoader(..., shard="auto")`` and trains as usual; only rank 0 writes checkpoints
-(``ft.save``) and logs.  See ``docs/distributed.md`` for multi-node launches.
+(``ft.save``) and logs.  Launch the same script on one machine or on several:
+
+```bash
+# one machine, 4 processes
+torchrun --nproc-per-node 4 train.py
+# 2 machines, 8 processes each: run this on both
+torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint 10.0.0.1:29500 train.py
+```
 
 A rank that dies must not leave the others waiting forever: :func:`init_distributed` gives every
 collective a timeout and starts a small watchdog thread.  Each rank publishes a heartbeat in the
