@@ -156,6 +156,7 @@ class _Writer:
     """Collects the tensors of a checkpoint under unique names while values are encoded."""
 
     def __init__(self) -> None:
+        self.registry = _registry()  # looked up once per save
         self.tensors: dict[str, torch.Tensor] = {}
         self.index: dict[int, str] = {}  # id(tensor) -> name: a tensor stored twice is one entry
 
@@ -190,7 +191,7 @@ def _encode(v: Any, where: str, w: _Writer) -> Any:
     if isinstance(v, torch.dtype):
         return {"__dtype__": str(v).removeprefix("torch.")}
     if isinstance(v, type):
-        if _class_name(v) not in _registry():
+        if _class_name(v) not in w.registry:
             raise CheckpointError(
                 f"cannot save the class {v.__qualname__} at {where}: "
                 f"register it with ft.register_checkpoint_class"
@@ -212,7 +213,7 @@ def _encode(v: Any, where: str, w: _Writer) -> Any:
         return {"__dict__": items}
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         cls = type(v)
-        if _class_name(cls) not in _registry():
+        if _class_name(cls) not in w.registry:
             raise CheckpointError(
                 f"cannot save {cls.__qualname__} at {where}: only fluxtrain's classes and "
                 f"classes registered with ft.register_checkpoint_class can be stored"
@@ -817,6 +818,8 @@ def _plan_opt_state(opt_state, model, structure, r, problem, copies) -> None:
     present_paths = {p for p, _ in present}
     params = dict(_model_tensors(model)) if model is not None else {}
     decoded: dict[str, tuple[Rule, bool, Any]] = {}
+    rules: dict[str, Any] = {}
+    expected_sigs: dict[tuple, Any] = {}  # (rule, shape, dtype) -> state layout; many repeat
     done: set[int] = set()
     for p, leaf in present:
         if p not in saved:
@@ -832,7 +835,10 @@ def _plan_opt_state(opt_state, model, structure, r, problem, copies) -> None:
         if id(leaf) in done:
             continue
         if p not in decoded:
-            rule = _decode(entry.get("rule"), f"opt_state.{p}.rule", r)
+            rule_json = json.dumps(entry.get("rule"), sort_keys=True)
+            if rule_json not in rules:  # rules are immutable: leaves with equal ones share one
+                rules[rule_json] = _decode(entry.get("rule"), f"opt_state.{p}.rule", r)
+            rule = rules[rule_json]
             if not isinstance(rule, Rule):
                 raise r.error(f"the optimiser entry at {p} has no rule")
             state = _decode(entry.get("state"), f"opt_state.{p}.state", r)
@@ -854,14 +860,18 @@ def _plan_opt_state(opt_state, model, structure, r, problem, copies) -> None:
                 )
                 continue
         if like is not None:
-            try:
-                expected = rule.init(torch.empty(tuple(like[0]), dtype=like[1], device="meta"))
-            except Exception:  # a rule that cannot init on meta tensors: trust the file
-                expected = state
-            if _signature(expected) != _signature(state):
+            key = (rule, tuple(like[0]), like[1])
+            if key not in expected_sigs:
+                try:  # the state's layout for this rule and parameter, without allocating it
+                    meta = torch.empty(key[1], dtype=like[1], device="meta")
+                    expected_sigs[key] = _signature(rule.init(meta))
+                except Exception:  # a rule that cannot init on meta tensors: trust the file
+                    expected_sigs[key] = None
+            expected = expected_sigs[key]
+            if expected is not None and expected != _signature(state):
                 problem(
                     f"the optimiser state at {p} does not fit {type(rule).__name__} for this "
-                    f"parameter: expected {_describe(_signature(expected))}, "
+                    f"parameter: expected {_describe(expected)}, "
                     f"found {_describe(_signature(state))}"
                 )
                 continue
