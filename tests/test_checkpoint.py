@@ -381,6 +381,12 @@ def test_pickle_payload_is_refused_and_executes_nothing(tmp_path):
         with pytest.raises(ft.CheckpointError, match="pickle"):
             ft.load(f, model=make())
         assert not marker.exists()
+    # A text (protocol 0) pickle has no magic bytes: it is refused as a damaged file.
+    f = tmp_path / "evil_text.safetensors"
+    f.write_bytes(pickle.dumps(_Marker(marker), protocol=0))
+    with pytest.raises(ft.CheckpointError, match="is not a checkpoint"):
+        ft.load(f, model=make())
+    assert not marker.exists()
 
 
 def test_truncated_file_gives_a_clear_error(tmp_path):
