@@ -187,14 +187,26 @@ def test_batchnorm_buffers_and_tied_weights_are_saved_once_and_restored(tmp_path
     model.dec = torch.nn.Linear(3, 3, bias=False)
     model.dec.weight = emb.weight  # tied
     model.bn(torch.randn(8, 3) * 3 + 1)  # running statistics move
-    ft.save(tmp_path / "c.safetensors", model=model)
-    assert sum(k.endswith("weight") for k in load_file(tmp_path / "c.safetensors")) == 2
+    st = ft.setup(ft.Momentum(0.1), model)
+    x = torch.randn(4, 3)
+    ft.update_(st, model, ft.gradient(lambda m: m.dec(m.enc(x)).sum(), model)[0])
+    ft.save(tmp_path / "c.safetensors", model=model, opt_state=st)
+    assert (
+        sum(
+            k.startswith("model/") and k.endswith("weight")
+            for k in load_file(tmp_path / "c.safetensors")
+        )
+        == 2
+    )
 
     fresh = torch.nn.ModuleDict({"enc": torch.nn.Linear(3, 3, bias=False)})
     fresh.bn = torch.nn.BatchNorm1d(3)
     fresh.dec = torch.nn.Linear(3, 3, bias=False)
     fresh.dec.weight = fresh.enc.weight
-    ft.load(tmp_path / "c.safetensors", model=fresh)
+    st2 = ft.setup(ft.Descent(), fresh)
+    ft.load(tmp_path / "c.safetensors", model=fresh, opt_state=st2)
+    assert st2.dec.weight is st2.enc.weight  # still one Leaf for the tied weight
+    assert torch.equal(st2.enc.weight.state, st.enc.weight.state)
     assert torch.equal(fresh.bn.running_mean, model.bn.running_mean)
     assert int(fresh.bn.num_batches_tracked) == 1
     assert fresh.dec.weight is fresh.enc.weight and torch.equal(fresh.enc.weight, emb.weight)
