@@ -109,7 +109,11 @@ def render(results: Path = RESULTS) -> str:
             unknown.append(f.name)
             continue
         try:
-            out += [*make(json.loads(f.read_text(encoding="utf-8"))), ""]
+            d = json.loads(f.read_text(encoding="utf-8"))
+            lines = make(d)
+            if d.get("quick"):
+                lines[0] += " *(a `--quick` run)*"
+            out += [*lines, ""]
         except (KeyError, TypeError, ValueError) as err:
             unknown.append(f"{f.name} (unreadable: {err!r})")
     if unknown:
