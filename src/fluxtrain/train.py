@@ -105,6 +105,13 @@ class _Progress:
             self.bar.close()
 
 
+def _scaled(scaler: Any, out: Any) -> tuple:
+    """``(scaled loss, unscaled loss)``: the first is differentiated, the second reported."""
+    lossval, _ = _split_output(out)
+    detached = lossval.detach() if isinstance(lossval, torch.Tensor) else lossval
+    return (scaler.scale(lossval), detached)
+
+
 def _state_from_rule(rule: Rule, model: Any) -> Any:
     warnings.warn(
         f"train_ was given the rule {rule!r} instead of an optimiser state, so it calls "
@@ -124,6 +131,7 @@ def train_(
     *,
     progress: bool | None = None,
     autocast: torch.dtype | None = None,
+    scaler: Any = None,
     cb: Any = None,
 ) -> list[float]:
     """Train ``model`` for one pass over ``data`` (Flux's ``train!``); returns the losses.
@@ -141,6 +149,9 @@ def train_(
     - ``autocast=torch.bfloat16`` (or ``float16``) runs the loss under ``torch.autocast`` on
       the device of the model's parameters (mixed precision; parameters stay as they are).
       bfloat16 is the safe choice: float16 gradients can underflow without loss scaling.
+    - ``scaler=ft.LossScaler()`` scales the loss before differentiating (float16 training);
+      a step whose gradients overflow is skipped and counted in ``scaler.skipped``, and the
+      optimiser (with any schedule in it) is not advanced for it.
     - With ``ft.params(model)`` as ``model`` and a rule as ``opt_state`` it is the implicit
       (Flux <= 0.13) ``train!``: ``loss(*d)``, callbacks ``cb`` after every item, ``ft.stop()``
       and ``ft.skip()`` (see :mod:`fluxtrain.implicit`).
@@ -176,8 +187,8 @@ def train_(
     bar = _Progress(data, progress, "train_")
     try:
         if isinstance(model, nn.Module):
-            return _train_module(loss, model, data, opt_state, bar, autocast)
-        return _train_tree(loss, model, data, opt_state, bar, autocast)
+            return _train_module(loss, model, data, opt_state, bar, autocast, scaler)
+        return _train_tree(loss, model, data, opt_state, bar, autocast, scaler)
     finally:
         bar.close()
 
@@ -189,6 +200,7 @@ def _train_tree(
     opt_state: Any,
     bar: _Progress,
     autocast: torch.dtype | None,
+    scaler: Any = None,
 ) -> list[float]:
     """The loop as Flux writes it: ``withgradient`` then ``update_`` with the gradient tree."""
     losses: list[float] = []
@@ -196,11 +208,18 @@ def _train_tree(
     for i, d in enumerate(data):
         args = _arguments(d)
         with amp:
-            val, grads = withgradient(lambda m: loss(m, *args), model)  # noqa: B023
-        val = _loss_value(val)
+            if scaler is None:
+                val, grads = withgradient(lambda m: loss(m, *args), model)  # noqa: B023
+            else:
+                val, grads = withgradient(lambda m: _scaled(scaler, loss(m, *args)), model)  # noqa: B023
+        # with a scaler, the unscaled loss rides along as the second element (see _scaled)
+        val = _loss_value(val) if scaler is None else float(val[1])
         if not math.isfinite(val):
             raise NonFiniteLossError(val, i)
-        update_(opt_state, model, grads[0])
+        if scaler is None:
+            update_(opt_state, model, grads[0])
+        else:
+            scaler.step_(opt_state, model, grads[0])
         losses.append(val)
         bar.step(val)
     return losses
@@ -213,6 +232,7 @@ def _train_module(
     opt_state: Any,
     bar: _Progress,
     autocast: torch.dtype | None,
+    scaler: Any = None,
 ) -> list[float]:
     """The same loop for a Module, with gradients going through ``.grad`` (no per-step walks).
 
@@ -244,8 +264,12 @@ def _train_module(
                 if not math.isfinite(val):
                     raise NonFiniteLossError(val, i)
                 if isinstance(lossval, torch.Tensor) and lossval.requires_grad:
-                    torch.autograd.backward(lossval, inputs=params)
-                    update_(opt_state, model)
+                    if scaler is None:
+                        torch.autograd.backward(lossval, inputs=params)
+                        update_(opt_state, model)
+                    else:
+                        torch.autograd.backward(scaler.scale(lossval), inputs=params)
+                        scaler.step_(opt_state, model)
                     for p in params:
                         p.grad = None
                 losses.append(val)
