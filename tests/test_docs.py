@@ -21,7 +21,6 @@ matplotlib.use("Agg")
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-MKDOCS = Path(sys.executable).with_name("mkdocs")
 
 _FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 _NOT_RUN = {"bash", "text"}
@@ -47,7 +46,7 @@ def _page_id(p: Path) -> str:
 def test_docs_build_strictly_without_warnings(tmp_path):
     # --strict turns every warning (broken link, unknown reference, missing page) into failure.
     result = subprocess.run(
-        [str(MKDOCS), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
         cwd=ROOT,
         capture_output=True,
         text=True,
