@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+# The tests use small tensors, for which a second thread only adds synchronisation, and the
+# machine may be shared: one thread keeps the suite fast and its timings steady.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seeded():
