@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import weakref
 from collections import defaultdict
 from typing import Any
@@ -140,6 +141,10 @@ def _follow_parameter(leaf: Any, x: torch.Tensor) -> Any:
     return _fill(state, atoms, [0])
 
 
+_data_ptr = torch.Tensor.data_ptr
+_grad_of = operator.attrgetter("grad")
+
+
 class FlatGroup:
     """Leaves sharing rule, dtype, device, frozen flag and scalar state, in contiguous buffers."""
 
@@ -175,6 +180,7 @@ class FlatGroup:
             leaf._flat = (self, j)
             leaf._state = None
         self.ptrs = [p.data_ptr() for p in params]
+        bump()  # leaves moved: plans made before this must not be reused
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         return [v.view(s) for v, s in zip(flat.split(self.numels), self.shapes)]
@@ -199,16 +205,19 @@ class FlatGroup:
                 self.atoms[i] = a
 
     def intact(self) -> bool:
-        """True while every parameter still points into this group's buffer."""
-        return [p.data_ptr() for p in self.params] == self.ptrs and all(
-            leaf._flat is not None and leaf._flat[0] is self for leaf in self.leaves
-        )
+        """True while every parameter still points into this group's buffer.
+
+        (Leaves move between groups only when a plan is rebuilt, which bumps the version that
+        every cached plan checks, so only the parameters' storage is checked here: C-level
+        iteration, as this runs at every step.)
+        """
+        return list(map(_data_ptr, self.params)) == self.ptrs
 
     def attached_grad(self) -> torch.Tensor | None:
         """The flat gradient if every ``.grad`` is this group's view; else gather it."""
-        grads = [p.grad for p in self.params]
-        if all(g is v for g, v in zip(grads, self.gviews)):
+        if all(map(operator.is_, map(_grad_of, self.params), self.gviews)):
             return self.g
+        grads = [p.grad for p in self.params]
         if any(g is None for g in grads):
             return None
         parts = [g.reshape(-1) for g in grads]
@@ -269,6 +278,7 @@ def _pack(triples: list[tuple[Any, torch.Tensor, Any]]) -> _Plan:
             and len(g.leaves) == len(leaves)
             and all(a is b for a, b in zip(g.leaves, leaves))
             and all(a is b for a, b in zip(g.params, params))
+            and all(leaf._flat is not None and leaf._flat[0] is g for leaf in leaves)
             and g.intact()
         ):
             # Same members: keep the buffers; a new eta (adjust_) or flag needs no copy.
