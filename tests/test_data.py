@@ -91,7 +91,13 @@ def test_shuffled_batch_is_one_index_select_per_tensor(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "index_select", counting)
     batches = list(DataLoader((X, Y), batchsize=5, shuffle=True, rng=0))
     assert len(batches) == 3
-    assert calls == [5, 5, 5, 5, 2, 2]  # one call per tensor per batch, no per-sample work
+    # one gather per tensor for a block of batches (all three here), no per-sample work
+    assert calls == [12, 12]
+    assert [len(x) for x, _ in batches] == [5, 5, 2]
+    big = torch.rand(4000, 1000)  # 4 kB rows: blocks of ~128 rows, i.e. several calls
+    calls.clear()
+    assert len(list(DataLoader(big, batchsize=100, shuffle=True, rng=0))) == 40
+    assert 1 < len(calls) <= 40 and sum(calls) == 4000
 
 
 def test_numpy_arrays_come_out_as_tensors():
