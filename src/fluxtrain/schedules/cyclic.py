@@ -92,8 +92,39 @@ class _Cyclic(Schedule):
         object.__setattr__(self, "offset", o)
         object.__setattr__(self, "period", int(period))
 
+    def __init__(
+        self, range: float | None = None, offset: float | None = None,
+        period: int | None = None, *, l0: float | None = None, l1: float | None = None,
+        **old: float,
+    ) -> None:  # fmt: skip
+        self._init(range, offset, period, _ends(l0, l1, old))
 
-@schedule_class
+
+@dataclasses.dataclass(frozen=True, init=False)
+class _DecayingCyclic(_Cyclic):
+    """Shared constructor of the waves whose amplitude decays by ``decay^(t-1)``."""
+
+    decay: float
+
+    def __init__(
+        self, range: float | None = None, offset: float | None = None,
+        period: int | None = None, decay: float | None = None, *, l0: float | None = None,
+        l1: float | None = None, **old: float,
+    ) -> None:  # fmt: skip
+        self._init(range, offset, period, _ends(l0, l1, old))
+        name = type(self).__name__
+        if decay is None:
+            raise TypeError(f"{name} needs a decay")
+        check_real(name, "decay", decay)
+        object.__setattr__(self, "decay", decay)
+
+
+def _cyclic(cls: type) -> type:
+    """A frozen dataclass keeping the constructor it inherits (the waves add no fields)."""
+    return dataclasses.dataclass(frozen=True, init=False)(cls)
+
+
+@_cyclic
 class Triangle(_Cyclic):
     """Triangle wave between ``l0`` and ``l1`` with ``period``:
     ``range * (2/π) * |asin(sin(π (t-1) / period))| + offset``.
@@ -109,18 +140,11 @@ class Triangle(_Cyclic):
         [0.0, 1.0, 0.0, 1.0, 0.0]
     """
 
-    def __init__(
-        self, range: float | None = None, offset: float | None = None,
-        period: int | None = None, *, l0: float | None = None, l1: float | None = None,
-        **old: float,
-    ) -> None:  # fmt: skip
-        self._init(range, offset, period, _ends(l0, l1, old))
-
     def _value(self, t: float) -> float:
         return self.range * _tri(t, self.period) + self.offset
 
 
-@schedule_class
+@_cyclic
 class TriangleDecay2(_Cyclic):
     """Triangle wave whose amplitude halves every period:
     ``range * Triangle(t) / 2^floor((t-1)/period) + offset`` (ParameterSchedulers.jl
@@ -133,21 +157,14 @@ class TriangleDecay2(_Cyclic):
         [0.0, 1.0, 0.0, 0.5, 0.0, 0.25]
     """
 
-    def __init__(
-        self, range: float | None = None, offset: float | None = None,
-        period: int | None = None, *, l0: float | None = None, l1: float | None = None,
-        **old: float,
-    ) -> None:  # fmt: skip
-        self._init(range, offset, period, _ends(l0, l1, old))
-
     def _value(self, t: float) -> float:
         return self.range * _tri(t, self.period) / 2 ** math.floor((t - 1) / self.period) + (
             self.offset
         )
 
 
-@schedule_class
-class TriangleExp(_Cyclic):
+@_cyclic
+class TriangleExp(_DecayingCyclic):
     """Triangle wave with exponentially decaying amplitude:
     ``range * Triangle(t) * decay^(t-1) + offset`` (ParameterSchedulers.jl ``src/cyclic.jl``).
 
@@ -158,24 +175,11 @@ class TriangleExp(_Cyclic):
         [0.0, 0.5, 0.0, 0.125]
     """
 
-    decay: float
-
-    def __init__(
-        self, range: float | None = None, offset: float | None = None,
-        period: int | None = None, decay: float | None = None, *, l0: float | None = None,
-        l1: float | None = None, **old: float,
-    ) -> None:  # fmt: skip
-        self._init(range, offset, period, _ends(l0, l1, old))
-        if decay is None:
-            raise TypeError("TriangleExp needs a decay")
-        check_real("TriangleExp", "decay", decay)
-        object.__setattr__(self, "decay", decay)
-
     def _value(self, t: float) -> float:
         return self.range * _tri(t, self.period) * self.decay ** (t - 1) + self.offset
 
 
-@schedule_class
+@_cyclic
 class Sin(_Cyclic):
     """Sine wave (absolute value) with ``period``:
     ``range * |sin(π (t-1) / period)| + offset`` (ParameterSchedulers.jl ``src/cyclic.jl``).
@@ -187,18 +191,11 @@ class Sin(_Cyclic):
         [0.0, 1.0, 0.0, 1.0]
     """
 
-    def __init__(
-        self, range: float | None = None, offset: float | None = None,
-        period: int | None = None, *, l0: float | None = None, l1: float | None = None,
-        **old: float,
-    ) -> None:  # fmt: skip
-        self._init(range, offset, period, _ends(l0, l1, old))
-
     def _value(self, t: float) -> float:
         return self.range * _sin(t, self.period) + self.offset
 
 
-@schedule_class
+@_cyclic
 class SinDecay2(_Cyclic):
     """Sine wave whose amplitude halves every period:
     ``range * Sin(t) / 2^floor((t-1)/period) + offset`` (ParameterSchedulers.jl
@@ -211,21 +208,14 @@ class SinDecay2(_Cyclic):
         [0.0, 1.0, 0.0, 0.5, 0.0, 0.25]
     """
 
-    def __init__(
-        self, range: float | None = None, offset: float | None = None,
-        period: int | None = None, *, l0: float | None = None, l1: float | None = None,
-        **old: float,
-    ) -> None:  # fmt: skip
-        self._init(range, offset, period, _ends(l0, l1, old))
-
     def _value(self, t: float) -> float:
         return self.range * _sin(t, self.period) / 2 ** math.floor((t - 1) / self.period) + (
             self.offset
         )
 
 
-@schedule_class
-class SinExp(_Cyclic):
+@_cyclic
+class SinExp(_DecayingCyclic):
     """Sine wave with exponentially decaying amplitude:
     ``range * Sin(t) * decay^(t-1) + offset`` (ParameterSchedulers.jl ``src/cyclic.jl``).
 
@@ -235,19 +225,6 @@ class SinExp(_Cyclic):
         >>> [round(s(t), 6) for t in range(1, 5)]
         [0.0, 0.5, 0.0, 0.125]
     """
-
-    decay: float
-
-    def __init__(
-        self, range: float | None = None, offset: float | None = None,
-        period: int | None = None, decay: float | None = None, *, l0: float | None = None,
-        l1: float | None = None, **old: float,
-    ) -> None:  # fmt: skip
-        self._init(range, offset, period, _ends(l0, l1, old))
-        if decay is None:
-            raise TypeError("SinExp needs a decay")
-        check_real("SinExp", "decay", decay)
-        object.__setattr__(self, "decay", decay)
 
     def _value(self, t: float) -> float:
         return self.range * _sin(t, self.period) * self.decay ** (t - 1) + self.offset
