@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,18 +30,10 @@ from torch import nn
 
 import fluxtrain as ft
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _timing import best_time
+
 BYTES = {"Adam": 28, "AdamW": 28, "Momentum": 20, "RMSProp": 20, "Lion": 20}
-
-
-def best_time(f: Callable[[], object], reps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        f()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def streaming_limit(n: int, reps: int) -> dict[str, float]:
@@ -186,7 +178,7 @@ def main() -> None:
             peer = optax_peer(rule_name, fresh(make_model))
             if peer is not None:
                 impls["optax jit"] = peer
-            speeds = {k: nbytes / best_time(f, reps) / 1e9 for k, f in impls.items()}
+            speeds = {k: nbytes / best_time(f, reps, warmup=2) / 1e9 for k, f in impls.items()}
             peers = {k: v for k, v in speeds.items() if not k.startswith("fluxtrain")}
             best_peer = max(peers.items(), key=lambda kv: kv[1]) if peers else (None, None)
             torch_modes = {k: v for k, v in peers.items() if k.startswith("torch")}
