@@ -86,3 +86,30 @@ def test_moving_the_model_to_float64_after_setup_moves_the_state_too():
     assert m.weight.dtype == torch.float64
     assert st.weight.state[0].dtype == torch.float64
     assert st.weight.state[0].abs().sum() > 0  # the momentum survived the move
+
+
+def test_replaced_parameter_is_trained_when_gradients_come_from_dot_grad():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    st = ft.setup(ft.Descent(0.5), model)
+    model(torch.ones(1, 2)).sum().backward()
+    ft.update_(st, model)
+    model[1] = nn.Linear(2, 1)  # a whole new submodule...
+    with torch.no_grad():
+        model[1].weight.fill_(1.0)
+        model[1].bias.zero_()
+    model.zero_grad()
+    model(torch.ones(1, 2)).sum().backward()
+    grad = model[1].weight.grad.clone()
+    ft.update_(st, model)  # ...is what gets trained
+    torch.testing.assert_close(model[1].weight.detach(), 1.0 - 0.5 * grad)
+
+
+def test_replaced_parameter_in_a_dict_is_trained_when_gradients_come_from_dot_grad():
+    m = {"a": torch.ones(2, requires_grad=True)}
+    st = ft.setup(ft.Descent(0.5), m)
+    m["a"].grad = torch.ones(2)
+    ft.update_(st, m)
+    m["a"] = torch.full((2,), 10.0, requires_grad=True)
+    m["a"].grad = torch.ones(2)
+    ft.update_(st, m)
+    assert torch.equal(m["a"].detach(), torch.full((2,), 9.5))

@@ -299,6 +299,16 @@ class _Plan:
     model_id: int
     groups: list[FlatGroup]
     loose: list[Work]
+    # (mutable container, its children when the plan was made): a parameter or submodule
+    # replaced since then (``model.fc = nn.Linear(...)``) shows up as a changed child.
+    structure: list[tuple[Any, tuple]] = dataclasses.field(default_factory=list)
+
+    def structure_unchanged(self) -> bool:
+        for container, children in self.structure:
+            now = container.values() if isinstance(container, dict) else container
+            if len(now) != len(children) or not all(map(operator.is_, now, children)):
+                return False
+        return True
 
     def owns(self, leaf: Any, x: torch.Tensor) -> bool:
         """True if ``x`` is the parameter this plan updates for ``leaf``."""
@@ -320,20 +330,28 @@ def _cached(state: Any, model: Any) -> _Plan | None:
     return plan
 
 
-def update_plan(state: Any, model: Any, pairs: Any, items: list[Work] | None = None) -> _Plan:
+def update_plan(
+    state: Any, model: Any, pairs: Any, items: list[Work] | None = None, structure: Any = None
+) -> _Plan:
     """The plan for ``state``/``model``; ``pairs()`` lists (leaf, param, path) to rebuild it.
 
-    With ``items`` (from a walk of the model), a parameter replaced since the plan was made
-    (``lin.weight = nn.Parameter(...)``) forces a rebuild.
+    A parameter replaced since the plan was made (``lin.weight = nn.Parameter(...)``) forces a
+    rebuild: ``items`` (from a walk of the model) are checked one by one, otherwise the
+    snapshot of the model's containers that ``structure()`` took when the plan was made.
     """
     plan = _cached(state, model)
-    if plan is not None and items is not None and not all(plan.owns(w.leaf, w.x) for w in items):
-        plan = None
+    if plan is not None:
+        if items is not None:
+            if not all(plan.owns(w.leaf, w.x) for w in items):
+                plan = None
+        elif not plan.structure_unchanged():
+            plan = None
     if plan is not None:
         return plan
     with torch.no_grad():
         plan = _pack(pairs())
     plan.model_id = id(model)
+    plan.structure = structure() if structure is not None else []
     try:
         key = id(state)
         if key not in _PLANS:

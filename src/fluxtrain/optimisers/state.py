@@ -10,6 +10,7 @@ that share a rule, dtype and device together.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -321,6 +322,33 @@ def _collect(state: Any, model: Any, grads: Any, use_dot_grad: bool) -> list[eng
     return list(work.values())
 
 
+def _structure(model: Any) -> list[tuple[Any, tuple]]:
+    """Every mutable container of ``model`` with a snapshot of its children (see engine)."""
+    out: list[tuple[Any, tuple]] = []
+    seen: set[int] = set()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor) or id(x) in seen:
+            return
+        seen.add(id(x))
+        if isinstance(x, nn.Module):
+            tables = [x._parameters, x._modules]
+        elif isinstance(x, (dict, list)):
+            tables = [x]
+        elif dataclasses.is_dataclass(x) and hasattr(x, "__dict__"):
+            tables = [x.__dict__]
+        else:
+            tables = []
+        for t in tables:
+            out.append((t, tuple(t.values() if isinstance(t, dict) else t)))
+        ch = children(x)
+        for v in (ch or {}).values():
+            walk(v)
+
+    walk(model)
+    return out
+
+
 def _implicit_target(model: Any) -> bool:
     return hasattr(model, "_implicit_update")
 
@@ -355,7 +383,9 @@ def update_(state: Any, model: Any, grads: Any = None) -> tuple[Any, Any]:
 
     with torch.no_grad():
         if grads is None:
-            engine.run_dot_grad(engine.update_plan(state, model, pairs))
+            engine.run_dot_grad(
+                engine.update_plan(state, model, pairs, structure=lambda: _structure(model))
+            )
         else:
             items = _collect(state, model, grads, use_dot_grad=False)  # validates, mutates nothing
             engine.run_items(engine.update_plan(state, model, pairs, items), items)
