@@ -238,7 +238,7 @@ class RMSProp(Rule):
         else:
             denom = quad.sqrt()
         denom.add_(_eps(x, self.epsilon))
-        return (quad, lin), torch.div(dx, denom).mul_(self.eta)
+        return (quad, lin), torch.div(dx, denom, out=denom).mul_(self.eta)
 
 
 @_rule
@@ -305,7 +305,7 @@ class Adam(_AdamFamily):
         mt.mul_(b1).add_(dx, alpha=1 - b1)
         vt.mul_(b2).addcmul_(dx, dx, value=1 - b2)
         denom = torch.div(vt, 1 - b2t).sqrt_().add_(_eps(x, self.epsilon))
-        update = torch.div(mt, denom).mul_(self.eta / (1 - b1t))
+        update = torch.div(mt, denom, out=denom).mul_(self.eta / (1 - b1t))
         return (mt, vt, (b1t * b1, b2t * b2)), update
 
 
@@ -365,7 +365,7 @@ class RAdam(Rule):
         if rho > 4:
             r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
             denom = torch.div(vt, 1 - b2t).sqrt_().add_(_eps(x, self.epsilon))
-            update = torch.div(mt, denom).mul_(self.eta * r / (1 - b1t))
+            update = torch.div(mt, denom, out=denom).mul_(self.eta * r / (1 - b1t))
         else:
             update = mt * (self.eta / (1 - b1t))
         return (mt, vt, (b1t * b1, b2t * b2), t + 1), update
@@ -448,7 +448,7 @@ class AdaGrad(Rule):
     def apply(self, acc, x, dx):
         acc.addcmul_(dx, dx)
         denom = acc.sqrt().add_(_eps(x, self.epsilon))
-        return acc, torch.div(dx, denom).mul_(self.eta)
+        return acc, torch.div(dx, denom, out=denom).mul_(self.eta)
 
 
 @_rule
@@ -561,7 +561,7 @@ class AdamW(_AdamFamily):
         vt.mul_(b2).addcmul_(dx, dx, value=1 - b2)
         # Optimisers.jl uses T(epsilon) here, without the Float16 floor.
         denom = torch.div(vt, 1 - b2t).sqrt_().add_(self.epsilon)
-        update = torch.div(mt, denom).div_(1 - b1t)
+        update = torch.div(mt, denom, out=denom).div_(1 - b1t)
         if self.couple:
             update.add_(x, alpha=self.lambd).mul_(self.eta)
         else:
@@ -592,7 +592,7 @@ class AdaBelief(_AdamFamily):
         centred = dx - mt
         st.mul_(b2).addcmul_(centred, centred, value=1 - b2).add_(eps)
         denom = torch.div(st, 1 - b2t).sqrt_().add_(eps)
-        update = torch.div(mt, denom).mul_(self.eta / (1 - b1t))
+        update = torch.div(mt, denom, out=denom).mul_(self.eta / (1 - b1t))
         return (mt, st, (b1t * b1, b2t * b2)), update
 
 
