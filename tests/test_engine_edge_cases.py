@@ -113,3 +113,16 @@ def test_replaced_parameter_in_a_dict_is_trained_when_gradients_come_from_dot_gr
     m["a"].grad = torch.ones(2)
     ft.update_(st, m)
     assert torch.equal(m["a"].detach(), torch.full((2,), 9.5))
+
+
+def test_the_cached_plan_goes_with_the_state():
+    import gc
+    import weakref
+
+    x = torch.ones(3)
+    st = ft.setup(ft.Adam(0.1), x)  # a bare Leaf as the whole state
+    ft.update_(st, x, torch.ones(3))
+    ref = weakref.ref(st)
+    del st
+    gc.collect()
+    assert ref() is None  # nothing global keeps the state (or its buffers) alive

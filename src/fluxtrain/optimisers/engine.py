@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-import weakref
 from collections import defaultdict
 from typing import Any
 
@@ -286,7 +285,7 @@ def _pack(triples: list[tuple[Any, torch.Tensor, Any]]) -> _Plan:
             groups.append(g)
         else:
             groups.append(FlatGroup(leaves, params, paths))
-    return _Plan(_VERSION[0], 0, groups, loose)
+    return _Plan(_VERSION[0], None, groups, loose)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,7 +295,7 @@ def _pack(triples: list[tuple[Any, torch.Tensor, Any]]) -> _Plan:
 @dataclasses.dataclass
 class _Plan:
     version: int
-    model_id: int
+    model: Any
     groups: list[FlatGroup]
     loose: list[Work]
     # (mutable container, its children when the plan was made): a parameter or submodule
@@ -318,12 +317,10 @@ class _Plan:
         return any(w.leaf is leaf and w.x is x for w in self.loose)
 
 
-_PLANS: dict[int, _Plan] = {}
-
-
 def _cached(state: Any, model: Any) -> _Plan | None:
-    plan = _PLANS.get(id(state))
-    if plan is None or plan.version != _VERSION[0] or plan.model_id != id(model):
+    # The plan lives on the state tree's root (a slot of Node and Leaf), so it goes with it.
+    plan = getattr(state, "_plan", None)
+    if plan is None or plan.version != _VERSION[0] or plan.model is not model:
         return None
     if not all(g.intact() for g in plan.groups):
         return None
@@ -350,15 +347,12 @@ def update_plan(
         return plan
     with torch.no_grad():
         plan = _pack(pairs())
-    plan.model_id = id(model)
+    plan.model = model
     plan.structure = structure() if structure is not None else []
     try:
-        key = id(state)
-        if key not in _PLANS:
-            weakref.finalize(state, _PLANS.pop, key, None)
-        _PLANS[key] = plan
-    except TypeError:
-        pass  # a state that cannot be weakly referenced is simply not cached
+        object.__setattr__(state, "_plan", plan)
+    except AttributeError:
+        pass  # a state root without a slot for it (a plain dict of Leafs) is not cached
     return plan
 
 

@@ -48,7 +48,7 @@ class Leaf:
         Leaf(Momentum(eta=0.1, rho=0.9), tensor([0., 0.]))
     """
 
-    __slots__ = ("__weakref__", "_flat", "_frozen", "_like", "_rule", "_state")
+    __slots__ = ("__weakref__", "_flat", "_frozen", "_like", "_plan", "_rule", "_state")
 
     def __init__(self, rule: Rule, state: Any, frozen: bool = False, like: Any = None):
         self._rule = rule
