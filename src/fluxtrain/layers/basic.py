@@ -57,7 +57,20 @@ def _call(layer: nn.Module, *args: Any) -> Any:
     return layer(*args)
 
 
-class Chain(Layer):
+class _NamedLayers(Layer):
+    """Named sub-layers (``Chain(enc=..., dec=...)``) readable as attributes: ``c.enc``."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            layers = self._modules.get("layers")
+            if isinstance(layers, nn.ModuleDict) and name in layers:
+                return unwrap(layers[name])
+            raise
+
+
+class Chain(_NamedLayers):
     """Layers applied in sequence: ``Chain(f, g, h)(x) == h(g(f(x)))`` (Flux's ``Chain``).
 
     Layers are given positionally, ``Chain(Dense(784, 32, σ), Dense(32, 10), softmax)``, or by
@@ -137,15 +150,6 @@ class Chain(Layer):
             return unwrap(mods[i])
         except IndexError:
             raise IndexError(f"Chain index {i} out of range for a Chain of {len(mods)}") from None
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            layers = self._modules.get("layers")
-            if isinstance(layers, nn.ModuleDict) and name in layers:
-                return unwrap(layers[name])
-            raise
 
     def _names(self) -> list[str]:
         return list(self.layers.keys()) if self.named else []
@@ -282,7 +286,7 @@ class SkipConnection(Layer):
         return f"SkipConnection({layer_line(self.layers)}, {function_name(self.connection)})"
 
 
-class Parallel(Layer):
+class Parallel(_NamedLayers):
     """Apply several layers to the same input, or each to its own input, and combine the
     results with ``connection`` (Flux's ``Parallel``).
 
@@ -344,15 +348,6 @@ class Parallel(Layer):
 
     def __getitem__(self, i: int | str) -> Any:
         return unwrap(self.layers[i])
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            layers = self._modules.get("layers")
-            if isinstance(layers, nn.ModuleDict) and name in layers:
-                return unwrap(layers[name])
-            raise
 
     def __len__(self) -> int:
         return len(self.layers)

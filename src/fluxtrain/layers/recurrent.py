@@ -36,17 +36,20 @@ Tensor = torch.Tensor
 
 class _Cell(Layer):
     _gates = 1
+    _extra_args = 0  # positional arguments a cell takes after (in, out), e.g. RNNCell's act
 
     def __init__(
         self,
-        args: tuple,
-        init_kernel: Callable[..., Tensor],
-        init_recurrent_kernel: Callable[..., Tensor],
-        bias: bool,
+        *args: Any,
+        init_kernel: Callable[..., Tensor] = glorot_uniform,
+        init_recurrent_kernel: Callable[..., Tensor] = glorot_uniform,
+        bias: bool = True,
     ):
         super().__init__()
         name = type(self).__name__
         n_in, n_out, rest = in_out(name, args, f"{name}(in, out) or {name}((in, out))")
+        if len(rest) > self._extra_args:
+            raise TypeError(f"{name}: unexpected arguments {rest[self._extra_args :]!r}")
         self._rest = rest  # the subclass reads its activation from what is left
         g = self._gates
         self.Wi = nn.Parameter(_init_tensor(init_kernel, (g * n_out, n_in), name))
@@ -86,6 +89,8 @@ class RNNCell(_Cell):
         torch.Size([4, 5])
     """
 
+    _extra_args = 1
+
     def __init__(
         self,
         *args: Any,
@@ -93,9 +98,9 @@ class RNNCell(_Cell):
         init_recurrent_kernel: Callable[..., Tensor] = glorot_uniform,
         bias: bool = True,
     ):
-        super().__init__(args, init_kernel, init_recurrent_kernel, bias)
-        if len(self._rest) > 1:
-            raise TypeError("RNNCell: too many positional arguments")
+        super().__init__(
+            *args, init_kernel=init_kernel, init_recurrent_kernel=init_recurrent_kernel, bias=bias
+        )
         self.act = act_or_identity(self._rest[0]) if self._rest else tanh
 
     def step(self, gx: Tensor, h: Tensor) -> Tensor:
@@ -128,17 +133,6 @@ class LSTMCell(_Cell):
 
     _gates = 4
 
-    def __init__(
-        self,
-        *args: Any,
-        init_kernel: Callable[..., Tensor] = glorot_uniform,
-        init_recurrent_kernel: Callable[..., Tensor] = glorot_uniform,
-        bias: bool = True,
-    ):
-        super().__init__(args, init_kernel, init_recurrent_kernel, bias)
-        if self._rest:
-            raise TypeError(f"LSTMCell: unexpected arguments {self._rest!r}")
-
     def step(self, gx: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """``(h', c')`` from the input projection ``gx = Wi x + b`` and the state ``(h, c)``."""
         h, c = state
@@ -169,17 +163,6 @@ class GRUCell(_Cell):
     """
 
     _gates = 3
-
-    def __init__(
-        self,
-        *args: Any,
-        init_kernel: Callable[..., Tensor] = glorot_uniform,
-        init_recurrent_kernel: Callable[..., Tensor] = glorot_uniform,
-        bias: bool = True,
-    ):
-        super().__init__(args, init_kernel, init_recurrent_kernel, bias)
-        if self._rest:
-            raise TypeError(f"GRUCell: unexpected arguments {self._rest!r}")
 
     def step(self, gx: Tensor, h: Tensor) -> Tensor:
         """The new state from the input projection ``gx = Wi x + b`` and the state ``h``."""
