@@ -155,7 +155,6 @@ class FlatGroup:
         self.frozen: bool = leaves[0].frozen
         self.numels = [p.numel() for p in params]
         self.shapes = [p.shape for p in params]
-        self.total = sum(self.numels)
         p0 = params[0]
         with torch.no_grad():
             self.x = torch.cat([p.detach().reshape(-1) for p in params]).to(p0.dtype)
@@ -439,29 +438,33 @@ def _check_finite(g: FlatGroup, dx: torch.Tensor) -> None:
         )
 
 
-def _apply_global_clips(work: list[tuple[FlatGroup, torch.Tensor]]) -> list:
+def _global_clip_factors(entries: list[tuple[Rule, torch.Tensor, str]]) -> list[float]:
+    """For each (rule, gradient, where): the factor its global ClipNorm scales it by (or 1).
+
+    Gradients whose rules start with the same global ClipNorm share one norm over all of them.
+    """
     by_clip: dict[ClipNorm, list[int]] = defaultdict(list)
-    for i, (g, _) in enumerate(work):
-        clip = _global_clip(g.rule)
+    for i, (rule, _, _) in enumerate(entries):
+        clip = _global_clip(rule)
         if clip is not None:
             by_clip[clip].append(i)
+    factors = [1.0] * len(entries)
     for clip, idx in by_clip.items():
-        norms = [torch.linalg.vector_norm(work[i][1], clip.p).double() for i in idx]
+        norms = [torch.linalg.vector_norm(entries[i][1], clip.p).double() for i in idx]
         total = float(torch.linalg.vector_norm(torch.stack(norms), clip.p))
-        first = work[idx[0]][0].paths[0]
-        factor = clip.factor(total, f"the arrays clipped together (first at {first})")
-        if factor != 1.0:
-            for i in idx:
-                g, dx = work[i]
-                work[i] = (g, dx * factor)
-    return work
+        where = f"the arrays clipped together (first at {entries[idx[0]][2]})"
+        factor = clip.factor(total, where)
+        for i in idx:
+            factors[i] = factor
+    return factors
 
 
 def step_groups(work: list[tuple[FlatGroup, torch.Tensor]]) -> None:
     """Update each (group, flat gradient) after checking all of them."""
     for g, dx in work:
         _check_finite(g, dx)
-    work = _apply_global_clips(work)
+    factors = _global_clip_factors([(g.rule, dx, g.paths[0]) for g, dx in work])
+    work = [(g, dx if f == 1.0 else dx * f) for (g, dx), f in zip(work, factors)]
     with torch.no_grad():
         for g, dx in work:
             _step_group(g, dx)
@@ -567,17 +570,10 @@ def _run_unpacked(items: list[Work]) -> None:
         if w.dx is None:
             w.dx = _gradient(w)
         _check_leaf_finite(w)
-    by_clip: dict[ClipNorm, list[Work]] = defaultdict(list)
-    for w in items:
-        clip = _global_clip(w.leaf.rule)
-        if clip is not None:
-            by_clip[clip].append(w)
-    for clip, ws in by_clip.items():
-        norms = [torch.linalg.vector_norm(w.dx, clip.p).double() for w in ws]
-        total = float(torch.linalg.vector_norm(torch.stack(norms), clip.p))
-        factor = clip.factor(total, f"the arrays clipped together (first at {ws[0].path})")
-        for w in ws:
-            w.dx = w.dx * factor
+    factors = _global_clip_factors([(w.leaf.rule, w.dx, str(w.path)) for w in items])
+    for w, f in zip(items, factors):
+        if f != 1.0:
+            w.dx = w.dx * f
     _apply_per_leaf(items)
 
 

@@ -442,10 +442,6 @@ def _changes(eta: Any, hyper: dict[str, Any]) -> dict[str, Any]:
     return changes
 
 
-def _adjusted(rule: Rule, changes: dict[str, Any]) -> tuple[Rule, set[str]]:
-    return rule._adjust(changes)
-
-
 def _unknown_error(unknown: set[str], rules: list[Rule]) -> ValueError:
     names = sorted({f"{type(r).__name__}" for r in rules})
     return ValueError(
@@ -478,7 +474,7 @@ def adjust_(tree: Any, eta: float | None = None, **hyper: Any) -> None:
     new_rules = []
     used: set[str] = set()
     for leaf in found:
-        r, u = _adjusted(leaf.rule, changes)
+        r, u = leaf.rule._adjust(changes)
         new_rules.append(r)
         used |= u
     unknown = set(changes) - used
@@ -498,7 +494,7 @@ def adjust(tree_or_rule: Any, eta: float | None = None, **hyper: Any) -> Any:
     """
     if isinstance(tree_or_rule, Rule):
         changes = _changes(eta, hyper)
-        r, used = _adjusted(tree_or_rule, changes)
+        r, used = tree_or_rule._adjust(changes)
         unknown = set(changes) - used
         if unknown:
             raise _unknown_error(unknown, [tree_or_rule])
