@@ -1,4 +1,5 @@
-"""The fused update engine gives the per-tensor reference maths, one kernel per group."""
+"""The update engine gives the per-tensor reference maths, one kernel per group, and leaves the
+user's tensors where they are."""
 
 from __future__ import annotations
 
@@ -86,10 +87,10 @@ def test_every_rule_through_the_grouped_engine_equals_per_tensor_maths(rule):
         reference_update_(ref_state, ref_model, grads)
     for a, b in zip(flat_tensors(fused_model), flat_tensors(ref_model)):
         assert_close_rel(a, b)
-    # the state seen through each Leaf (views into the flat buffers) matches too
+    # the state of each Leaf matches too
     for la, lb in zip(ft.leaves(fused_state), ft.leaves(ref_state)):
-        sa = [s for s in engine._atoms(la.state) if isinstance(s, torch.Tensor)]
-        sb = [s for s in engine._atoms(lb.state) if isinstance(s, torch.Tensor)]
+        sa = [s for s in engine.atoms(la.state) if isinstance(s, torch.Tensor)]
+        sb = [s for s in engine.atoms(lb.state) if isinstance(s, torch.Tensor)]
         for x, y in zip(sa, sb):
             assert_close_rel(x, y)
 
@@ -98,19 +99,18 @@ class CountingSteps:
     """Records every group update the engine performs (one call = one kernel/maths pass)."""
 
     def __init__(self, monkeypatch):
-        self.calls: list[engine.FlatGroup] = []
-        original = engine._step_group
+        self.calls: list[engine.Group] = []
+        original = engine._run_group
 
-        def counting(g, dx):
+        def counting(g):
             self.calls.append(g)
-            return original(g, dx)
+            return original(g)
 
-        monkeypatch.setattr(engine, "_step_group", counting)
+        monkeypatch.setattr(engine, "_run_group", counting)
 
 
-def _shares_buffer(group: engine.FlatGroup) -> bool:
-    base = group.x.untyped_storage().data_ptr()
-    return all(p.untyped_storage().data_ptr() == base for p in group.params)
+def storages(tensors) -> list[int]:
+    return [t.untyped_storage().data_ptr() for t in tensors]
 
 
 def _run_both(fused_model, ref_model, fused_state, ref_state, steps=3):
@@ -128,7 +128,7 @@ def test_all_leaves_of_one_rule_are_updated_in_one_kernel(monkeypatch):
     state = ft.setup(ft.Adam(0.01), model)
     ft.update_(state, model, random_grads(model, 0))
     assert len(counter.calls) == 1
-    assert len(counter.calls[0].params) == 4 and _shares_buffer(counter.calls[0])
+    assert len(counter.calls[0].items) == 4
 
 
 def test_freezing_half_the_model_still_updates_the_rest_in_one_kernel(monkeypatch):
@@ -143,7 +143,7 @@ def test_freezing_half_the_model_still_updates_the_rest_in_one_kernel(monkeypatc
     counter = CountingSteps(monkeypatch)
     _run_both(fused_model, ref_model, fused_state, ref_state)
     assert len(counter.calls) == 3  # one group per step: the unfrozen half
-    assert all(len(g.params) == 2 and _shares_buffer(g) for g in counter.calls)
+    assert all(len(g.items) == 2 for g in counter.calls)
     assert torch.equal(fused_model["c"]["d"], frozen_before["d"])
     assert torch.equal(fused_model["c"]["e"], frozen_before["e"])
 
@@ -161,7 +161,6 @@ def test_adjusting_one_subtree_gives_two_groups_matching_the_reference(monkeypat
     _run_both(fused_model, ref_model, fused_state, ref_state)
     assert len(counter.calls) == 6  # two groups per step
     assert sorted({g.rule.eta for g in counter.calls}) == [0.01, 0.05]
-    assert all(_shares_buffer(g) for g in counter.calls)
 
 
 def test_mixed_float32_and_float64_leaves_form_one_group_per_dtype(monkeypatch):
@@ -177,7 +176,7 @@ def test_mixed_float32_and_float64_leaves_form_one_group_per_dtype(monkeypatch):
     )
     counter = CountingSteps(monkeypatch)
     _run_both(fused_model, ref_model, fused_state, ref_state)
-    assert {g.x.dtype for g in counter.calls} == {torch.float32, torch.float64}
+    assert {g.items[0].x.dtype for g in counter.calls} == {torch.float32, torch.float64}
     assert len(counter.calls) == 6
     assert fused_model["c"]["d"].dtype == torch.float32
 
@@ -199,18 +198,40 @@ def test_a_scheduled_adam_uses_the_fused_kernel_with_the_scheduled_rate(monkeypa
     assert state["a"].state[0] == 4
 
 
-def test_adjusting_eta_keeps_the_flat_buffers():
+def test_adjusting_eta_keeps_every_parameters_storage():
     model = make_model()
     state = ft.setup(ft.Adam(0.01), model)
-    ft.update_(state, model, random_grads(model, 0))
     ptr = model["a"].data_ptr()
+    ft.update_(state, model, random_grads(model, 0))
     ft.adjust_(state, 0.001)
     ft.update_(state, model, random_grads(model, 1))
     assert model["a"].data_ptr() == ptr
     assert state["a"].rule.eta == 0.001
 
 
-def test_dot_grad_views_accumulate_backward_in_place():
+@pytest.mark.parametrize("rule", ALL_RULES, ids=repr)
+def test_parameters_keep_their_own_storage_through_setup_and_updates(rule):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.Linear(4, 4)).double()
+    net[3].weight = net[2].weight  # tied
+    params = list(net.parameters())
+    ptrs = [p.data_ptr() for p in params]
+    objs = [id(p) for p in params]
+    state = ft.setup(rule, net)
+    for _ in range(3):
+        net.zero_grad()
+        net(torch.randn(5, 3, dtype=torch.float64)).pow(2).sum().backward()
+        ft.update_(state, net)
+    after = list(net.parameters())
+    assert [p.data_ptr() for p in after] == ptrs and [id(p) for p in after] == objs
+    assert net[3].weight is net[2].weight
+    # each parameter owns its storage: no two share one, none lives in a buffer of ours
+    assert len(set(storages(after))) == len(after)
+    for p in after:
+        assert p.untyped_storage().nbytes() == p.numel() * p.element_size()
+
+
+def test_dot_grad_path_equals_torch_adam_and_leaves_grads_alone():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
     ref = copy.deepcopy(net)
@@ -221,15 +242,16 @@ def test_dot_grad_views_accumulate_backward_in_place():
         for m in (net, ref):
             m.zero_grad(set_to_none=False)
             m(x).pow(2).sum().backward()
+        grads = [p.grad.clone() for p in net.parameters()]
         ft.update_(state, net)
         opt.step()
+        assert all(torch.equal(p.grad, g) for p, g in zip(net.parameters(), grads))
     for a, b in zip(net.parameters(), ref.parameters()):
         assert_close_rel(a, b, 1e-12)
-    # the gradients now live in the engine's one flat buffer: backward wrote straight into it
-    assert len({p.grad.untyped_storage().data_ptr() for p in net.parameters()}) == 1
+    assert len(set(storages(p.grad for p in net.parameters()))) == 4
 
 
-def test_moving_parameters_after_setup_is_detected_and_repacked():
+def test_a_parameter_given_new_storage_after_setup_is_updated_in_place():
     model = nn.Linear(3, 2).double()
     ref = copy.deepcopy(model)
     state, ref_state = ft.setup(ft.Momentum(0.1), model), ft.setup(ft.Momentum(0.1), ref)
@@ -240,7 +262,7 @@ def test_moving_parameters_after_setup_is_detected_and_repacked():
     ft.update_(state, model, grads)
     reference_update_(ref_state, ref, grads)
     with torch.no_grad():
-        model.weight.data = model.weight.data.clone()  # no longer a view of the buffer
+        model.weight.data = model.weight.data.clone()  # new storage, same Parameter
         model.weight.add_(1.0)
         ref.weight.add_(1.0)
     ft.update_(state, model, grads)
@@ -264,7 +286,7 @@ def test_a_none_gradient_branch_leaves_its_part_of_a_group_untouched():
     _run_both(fused_model, ref_model, fused_state, ref_state, steps=2)  # regrouped, still right
 
 
-def test_clipnorm_per_array_inside_a_flat_group_uses_each_arrays_norm():
+def test_clipnorm_per_array_inside_a_group_uses_each_arrays_norm():
     model = {"a": torch.zeros(3, dtype=torch.float64), "b": torch.zeros(2, dtype=torch.float64)}
     state = ft.setup(ft.OptimiserChain(ft.ClipNorm(1.0), ft.Descent(1.0)), model)
     grads = {
@@ -288,5 +310,5 @@ def test_failed_update_with_nonfinite_gradient_changes_nothing():
     for a, b in zip(flat_tensors(model), flat_tensors(before[0])):
         assert torch.equal(a, b)
     for leaf, old in zip(ft.leaves(state), before[1]):
-        for x, y in zip(engine._atoms(leaf.state), engine._atoms(old)):
+        for x, y in zip(engine.atoms(leaf.state), engine.atoms(old)):
             assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y

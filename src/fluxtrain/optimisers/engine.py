@@ -1,58 +1,53 @@
-"""The update engine: leaves that can be updated together live in flat buffers.
+"""The update engine: runs each rule's maths (rules.py) over groups of leaves, leaving the
+user's tensors where they are.
 
 Design (see docs/engine.md for the measurements behind it):
 
-* A **group** is the set of leaves that share a rule (equal hyperparameters), dtype, device,
-  frozen flag and scalar state (step counters, ``beta^t``).  Each group owns contiguous buffers:
-  one for its parameters (every parameter's ``.data`` is re-pointed to a view into it), one for
-  gradients, and one per tensor of the rule's state.  ``Leaf.state`` of a packed leaf is made of
-  views into those buffers, so users and checkpoints still see per-parameter state.
-* One update of a group is one call of the rule's maths on the flat buffers (``rule.apply`` from
-  rules.py, written once per rule), or one of PyTorch's fused kernels where the maths agree
-  (``torch._fused_adam_``, ``_fused_adamw_``, ``_fused_adagrad_``): never a Python loop over
-  parameters per elementwise operation.
-* Gradients reach the group's buffer without a copy when each parameter's ``.grad`` is the view
-  the engine attached (backward accumulates into it in place, as DDP's bucket views do);
-  otherwise they are gathered with one ``torch.cat``.
-* A **plan** (the groups of one state tree) is cached per state tree and rebuilt when a Leaf's
-  rule, frozen flag or state is replaced (``adjust_``, ``freeze_``, ``thaw_``, ``reset_``, a
-  checkpoint load...), when the model object changes, or when a parameter no longer points into
-  its buffer (e.g. after ``model.to(...)``).  Rebuilding re-packs only the groups that changed.
-* Everything that can fail (non-finite gradients for a throwing ClipNorm, the global ClipNorm
-  norm) is checked for every group before the first parameter changes.
+* **The model stays the user's.**  Parameters are updated in place (``x.sub_(update)`` or a
+  fused kernel writing through the parameter's own storage): no parameter is ever re-pointed,
+  replaced, reallocated or packed into a buffer of ours, so ``data_ptr()``, ties, ``state_dict``,
+  safetensors, accelerate and FSDP2 see exactly the tensors they would after ``torch.optim``.
+  The optimiser state is ours: one tensor per leaf and state slot, as ``Leaf.state`` shows.
+* A **group** is the set of leaves of one ``update_`` call that share a rule (equal
+  hyperparameters), dtype, device and scalar state (step counters, ``beta^t``).  A group is
+  updated by exactly one of three kernels, chosen in this order:
+
+  1. PyTorch's fused multi-tensor kernels where their maths is Optimisers.jl's exactly
+     (``torch._fused_adam_`` for Adam and coupled AdamW, ``torch._fused_adagrad_``), run on the
+     lists of the user's tensors as they are;
+  2. the rule's own maths compiled by ``torch.compile`` into one single-pass kernel per call
+     (:mod:`fluxtrain.optimisers.compiled`), when it is enabled and the group is large enough
+     for compiling to pay;
+  3. the rule's maths run eagerly once over the whole group: the parameters, gradients and
+     state are gathered into flat scratch tensors (one ``torch.cat`` each), ``rule.apply`` runs
+     once on them, and the results are copied back with one ``torch._foreach_copy_``.  A group
+     of one leaf skips the gathering.
+
+  No path loops in Python over parameters per elementwise operation.
+* Tensors that are not plain dense tensors (FSDP2's ``DTensor`` and other subclasses) are
+  updated one leaf at a time with ``rule.apply``, whose torch operations they implement; a
+  per-array norm of a sharded parameter is then the norm of the whole array.
+* **Atomic.**  Every check that can fail (gradient kinds, throwing ClipNorms at the head of a
+  chain, global norms) runs before the first parameter changes.  A group whose rule can still
+  raise after it started mutating (a throwing ClipNorm after a stateful rule in a chain, or a
+  rule fluxtrain does not know) runs first, with a copy of its parameters and state that is
+  restored if anything fails; the error names the parameter's path.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 from collections import defaultdict
 from typing import Any
 
 import torch
 
 from ..tree import KeyPath
-from .rules import (
-    AdaGrad,
-    Adam,
-    AdamW,
-    ClipNorm,
-    NonFiniteGradientError,
-    OptimiserChain,
-    Rule,
-    segments,
-)
+from . import rules as R
+from .rules import ClipNorm, NonFiniteGradientError, OptimiserChain, Rule, segments
 
-__all__ = ["FlatGroup", "Work", "bump", "run", "update_plan"]
-
-# Bumped whenever a Leaf's rule, frozen flag or state is replaced: cached plans then rebuild.
-_VERSION = [0]
-
-
-def bump() -> None:
-    """Invalidate every cached plan (a Leaf was changed from outside the engine)."""
-    _VERSION[0] += 1
+__all__ = ["Work", "run", "run_reference", "step"]
 
 
 @dataclasses.dataclass
@@ -70,293 +65,230 @@ class Work:
 # State structures: nested tuples of tensors and scalars
 
 
-def _atoms(state: Any) -> list[Any]:
+def atoms(state: Any) -> list[Any]:
+    """The state's parts in order: tensors, scalars and ``None``s (tuples flattened)."""
     if isinstance(state, tuple):
         out: list[Any] = []
         for s in state:
-            out.extend(_atoms(s))
+            out.extend(atoms(s))
         return out
     return [state]
 
 
-def _fill(template: Any, atoms: list[Any], pos: list[int]) -> Any:
+def fill(template: Any, parts: list[Any], pos: list[int] | None = None) -> Any:
+    """Inverse of :func:`atoms`: ``template``'s tuple structure holding ``parts``."""
+    pos = [0] if pos is None else pos
     if isinstance(template, tuple):
-        return tuple(_fill(t, atoms, pos) for t in template)
+        return tuple(fill(t, parts, pos) for t in template)
     i = pos[0]
     pos[0] += 1
-    return atoms[i]
+    return parts[i]
 
 
 def _scalars(state: Any) -> tuple:
     """The non-tensor parts of a state (counters, ``beta^t``): leaves in one group share them."""
-    return tuple(a for a in _atoms(state) if not isinstance(a, torch.Tensor))
+    return tuple(a for a in atoms(state) if not isinstance(a, torch.Tensor))
 
 
-def _first_rule(rule: Rule) -> Rule:
+def _rules_in(rule: Rule) -> list[Rule]:
+    """``rule`` and every rule inside it (chains, Schedulers, MixedPrecision), in order."""
+    if isinstance(rule, OptimiserChain):
+        return [r for o in rule.opts for r in _rules_in(o)]
+    inner = getattr(rule, "inner_rules", None)
+    if inner is not None:
+        return [rule] + [r for o in inner() for r in _rules_in(o)]
+    wrapped = getattr(rule, "rule", None)
+    if isinstance(wrapped, Rule):
+        return [rule, *_rules_in(wrapped)]
+    return [rule]
+
+
+def _head(rule: Rule) -> Rule:
     while isinstance(rule, OptimiserChain) and rule.opts:
         rule = rule.opts[0]
     return rule
 
 
-def _throwing_clips(rule: Rule) -> bool:
-    if isinstance(rule, ClipNorm):
-        return rule.throw and rule.scope == "array"
-    if isinstance(rule, OptimiserChain):
-        return any(_throwing_clips(r) for r in rule.opts)
-    inner = getattr(rule, "inner_rules", None)
-    if inner is not None:
-        return any(_throwing_clips(r) for r in inner())
-    return False
-
-
 def _global_clip(rule: Rule) -> ClipNorm | None:
-    first = _first_rule(rule)
-    if isinstance(first, ClipNorm) and first.scope == "global":
-        return first
+    head = _head(rule)
+    if isinstance(head, ClipNorm) and head.scope == "global":
+        return head
     return None
 
 
+def _head_clip(rule: Rule) -> ClipNorm | None:
+    """A throwing per-array ClipNorm that sees the raw gradient (checked before any change)."""
+    head = _head(rule)
+    if isinstance(head, ClipNorm) and head.scope == "array" and head.throw:
+        return head
+    return None
+
+
+_KNOWN = tuple(getattr(R, name) for name in R.__all__ if name != "Rule")
+
+
+def _may_raise_midway(rule: Rule) -> bool:
+    """True if ``rule`` can raise after it has started changing state or parameters."""
+    inner = _rules_in(rule)
+    head = _head_clip(rule)
+    for r in inner:
+        if isinstance(r, ClipNorm) and r.throw and r is not head:
+            return True
+        if not isinstance(r, _KNOWN) and getattr(r, "inner_rules", None) is None:
+            if type(r).__module__ != "fluxtrain.precision":
+                return True  # a user's rule: we cannot know
+    return False
+
+
 # ---------------------------------------------------------------------------------------------
-# Flat groups
+# Following the parameter
 
 
-def _follow_parameter(leaf: Any, x: torch.Tensor) -> Any:
-    """The leaf's state, moved to the parameter's dtype/device if the model moved after setup.
+def follow_parameter(w: Work) -> None:
+    """Carry the leaf's state over if its parameter changed dtype or device since ``setup``;
+    refuse a parameter whose shape changed (its state would not fit), naming it.
 
-    Only state tensors made like the parameter (its dtype at setup) follow it, so a float32
-    master copy kept for a float16 parameter stays float32.
+    Only state tensors made like the parameter (its dtype at setup) follow its dtype, so a
+    float32 master copy kept for a float16 parameter stays float32.
     """
-    state = leaf.state
+    leaf, x = w.leaf, w.x
     like = leaf._like
-    if like is None or (like[1] == x.dtype and like[2] == x.device):
-        return state
-    atoms = [
+    if like is None:
+        return
+    if tuple(like[0]) != tuple(x.shape):
+        raise ShapeChangedError(
+            f"the parameter at {w.path} has shape {tuple(x.shape)} but its optimiser state was "
+            f"set up for shape {tuple(like[0])} (was it resized or replaced after setup?); "
+            f"make a fresh state with opt_state = ft.setup(rule, model); nothing was updated"
+        )
+    if like[1] == x.dtype and like[2] == x.device:
+        return
+    parts = [
         a.to(device=x.device, dtype=x.dtype if a.dtype == like[1] else a.dtype)
         if isinstance(a, torch.Tensor)
         else a
-        for a in _atoms(state)
+        for a in atoms(leaf.state)
     ]
+    leaf.state = fill(leaf.state, parts)
     leaf._like = (x.shape, x.dtype, x.device)
-    return _fill(state, atoms, [0])
 
 
-_data_ptr = torch.Tensor.data_ptr
-_grad_of = operator.attrgetter("grad")
-
-
-class FlatGroup:
-    """Leaves sharing rule, dtype, device, frozen flag and scalar state, in contiguous buffers."""
-
-    def __init__(self, leaves: list[Any], params: list[torch.Tensor], paths: list[str]):
-        self.leaves = leaves
-        self.params = params
-        self.paths = paths
-        self.rule: Rule = leaves[0].rule
-        self.frozen: bool = leaves[0].frozen
-        self.numels = [p.numel() for p in params]
-        self.shapes = [p.shape for p in params]
-        p0 = params[0]
-        with torch.no_grad():
-            self.x = torch.cat([p.detach().reshape(-1) for p in params]).to(p0.dtype)
-            states = [_follow_parameter(leaf, p) for leaf, p in zip(leaves, params)]
-            per_leaf = [_atoms(s) for s in states]
-            self.template = states[0]
-            atoms0 = per_leaf[0]
-            self.tensor_pos = [i for i, a in enumerate(atoms0) if isinstance(a, torch.Tensor)]
-            self.buffers: dict[int, torch.Tensor] = {}
-            for i in self.tensor_pos:
-                self.buffers[i] = torch.cat([atoms[i].reshape(-1) for atoms in per_leaf])
-        self.atoms = list(atoms0)  # group-level atoms: flat buffers and shared scalars
-        for i, b in self.buffers.items():
-            self.atoms[i] = b
-        self.g = torch.zeros_like(self.x)
-        self.xviews = self._views(self.x)
-        self.gviews = self._views(self.g)
-        self.sviews = {i: self._views(b) for i, b in self.buffers.items()}
-        for j, (leaf, p) in enumerate(zip(leaves, params)):
-            p.data = self.xviews[j]
-            leaf._flat = (self, j)
-            leaf._state = None
-        self.ptrs = [p.data_ptr() for p in params]
-        bump()  # leaves moved: plans made before this must not be reused
-
-    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        return [v.view(s) for v, s in zip(flat.split(self.numels), self.shapes)]
-
-    def leaf_state(self, j: int) -> Any:
-        atoms = list(self.atoms)
-        for i, views in self.sviews.items():
-            atoms[i] = views[j]
-        return _fill(self.template, atoms, [0])
-
-    def state(self) -> Any:
-        return _fill(self.template, self.atoms, [0])
-
-    def absorb(self, new_state: Any) -> None:
-        """Take the rule's returned state: tensors back into the buffers, scalars as they are."""
-        atoms = _atoms(new_state)
-        for i, a in enumerate(atoms):
-            if i in self.buffers:
-                if a is not self.buffers[i]:
-                    self.buffers[i].copy_(a.reshape(-1))
-            else:
-                self.atoms[i] = a
-
-    def intact(self) -> bool:
-        """True while every parameter still points into this group's buffer.
-
-        (Leaves move between groups only when a plan is rebuilt, which bumps the version that
-        every cached plan checks, so only the parameters' storage is checked here: C-level
-        iteration, as this runs at every step.)
-        """
-        return list(map(_data_ptr, self.params)) == self.ptrs
-
-    def attached_grad(self) -> torch.Tensor | None:
-        """The flat gradient if every ``.grad`` is this group's view; else gather it."""
-        if all(map(operator.is_, map(_grad_of, self.params), self.gviews)):
-            return self.g
-        grads = [p.grad for p in self.params]
-        if any(g is None for g in grads):
-            return None
-        parts = [g.reshape(-1) for g in grads]
-        if any(g is v for g, v in zip(grads, self.gviews)) or any(
-            g.dtype != self.x.dtype for g in grads
-        ):
-            self.g.copy_(torch.cat(parts).to(self.x.dtype))  # some already live in the buffer
-        else:
-            torch.cat(parts, out=self.g)
-        for p, v in zip(self.params, self.gviews):
-            p.grad = v  # later backward passes accumulate here in place, with no gather
-        return self.g
-
-    def gather(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        """One flat gradient from explicit gradients.
-
-        It goes into the group's gradient buffer only while no ``.grad`` is a view of it: the
-        user's ``.grad`` must not change, and ``torch.cat`` cannot write over its own inputs.
-        """
-        parts = [g.reshape(-1) for g in grads]
-        buffer = self.g.untyped_storage().data_ptr()
-        if any(p.grad is v for p, v in zip(self.params, self.gviews)) or any(
-            g.untyped_storage().data_ptr() == buffer for g in grads
-        ):
-            return torch.cat(parts)
-        torch.cat(parts, out=self.g)
-        return self.g
-
-
-def _group_key(leaf: Any, x: torch.Tensor) -> tuple:
-    return (leaf.rule, x.dtype, x.device, leaf.frozen, _scalars(leaf.state))
-
-
-def _pack(triples: list[tuple[Any, torch.Tensor, Any]]) -> _Plan:
-    """Group (leaf, parameter, path) triples; give each group buffers, reusing intact ones.
-
-    A parameter that is a view of another tensor (``x._base``) is left where it is, as a
-    *loose* leaf updated on its own: re-pointing it would cut it off from its base.
-    """
-    by_key: dict[tuple, list[tuple[Any, torch.Tensor, Any]]] = defaultdict(list)
-    loose = []
-    for leaf, x, path in triples:
-        if x._base is not None:
-            if leaf._flat is not None:
-                leaf.state = leaf.state  # detach from any old group
-            loose.append(Work(leaf, x, [], path))
-        else:
-            by_key[_group_key(leaf, x)].append((leaf, x, path))
-    groups = []
-    for members in by_key.values():
-        leaves = [m[0] for m in members]
-        params = [m[1] for m in members]
-        paths = [str(m[2]) for m in members]
-        flat = leaves[0]._flat
-        g = flat[0] if flat is not None else None
-        if (
-            g is not None
-            and len(g.leaves) == len(leaves)
-            and all(a is b for a, b in zip(g.leaves, leaves))
-            and all(a is b for a, b in zip(g.params, params))
-            and all(leaf._flat is not None and leaf._flat[0] is g for leaf in leaves)
-            and g.intact()
-        ):
-            # Same members: keep the buffers; a new eta (adjust_) or flag needs no copy.
-            g.rule, g.frozen, g.paths = leaves[0].rule, leaves[0].frozen, paths
-            groups.append(g)
-        else:
-            groups.append(FlatGroup(leaves, params, paths))
-    return _Plan(_VERSION[0], None, groups, loose)
+class ShapeChangedError(ValueError):
+    """A parameter's shape no longer matches the optimiser state made for it."""
 
 
 # ---------------------------------------------------------------------------------------------
-# Plans: the groups of one state tree, cached
+# Checks before anything changes
+
+
+def _gradient(w: Work) -> torch.Tensor:
+    g = w.grads[0]
+    for h in w.grads[1:]:
+        g = g + h
+    if g.dtype != w.x.dtype or g.device != w.x.device:
+        g = g.to(device=w.x.device, dtype=w.x.dtype)
+    return g
+
+
+def check_gradient(w: Work, g: torch.Tensor) -> None:
+    """Refuse gradients that would be silently wrong: sparse, integer/bool, complex for real."""
+    if g.layout != torch.strided:
+        raise TypeError(
+            f"the gradient at {w.path} is a {g.layout} tensor; sparse gradients are not supported "
+            f"(e.g. use nn.Embedding(..., sparse=False)); nothing was updated"
+        )
+    if not (g.is_floating_point() or g.is_complex()):
+        raise TypeError(
+            f"the gradient at {w.path} has dtype {g.dtype}; gradients must be floating point "
+            f"(or complex for a complex parameter); nothing was updated"
+        )
+    if g.is_complex() and not w.x.is_complex():
+        raise TypeError(
+            f"the gradient at {w.path} is complex ({g.dtype}) but the parameter is real "
+            f"({w.x.dtype}): its imaginary part would be dropped; nothing was updated"
+        )
+
+
+def _norms(dxs: list[torch.Tensor], p: float) -> list[torch.Tensor]:
+    if p in (1.0, 2.0, math.inf) and all(type(d) is torch.Tensor for d in dxs):
+        return list(torch._foreach_norm(dxs, p))
+    return [torch.linalg.vector_norm(d, p) for d in dxs]
+
+
+def _as_float(t: torch.Tensor) -> float:
+    full = getattr(t, "full_tensor", None)  # a DTensor norm: reduce over the shards
+    return float(full() if full is not None else t)
+
+
+def _check_head_clips(items: list[Work]) -> None:
+    by_clip: dict[ClipNorm, list[Work]] = defaultdict(list)
+    for w in items:
+        clip = _head_clip(w.leaf.rule)
+        if clip is not None:
+            by_clip[clip].append(w)
+    for clip, ws in by_clip.items():
+        norms = _norms([w.dx for w in ws], clip.p)
+        finite = torch.isfinite(torch.stack([n.double() for n in norms]))
+        if not bool(finite.all()):
+            bad = ws[int((~finite).nonzero()[0])]
+            raise NonFiniteGradientError(
+                f"gradient at {bad.path} has {clip.p:g}-norm "
+                f"{float(norms[int((~finite).nonzero()[0])])} and its rule has a ClipNorm with "
+                f"throw=True; nothing was updated"
+            )
+
+
+def _apply_global_clips(items: list[Work]) -> None:
+    """Scale the gradients of leaves whose rules start with the same global ClipNorm by one
+    factor from the norm of all of them (new tensors: the user's gradients never change)."""
+    by_clip: dict[ClipNorm, list[Work]] = defaultdict(list)
+    for w in items:
+        clip = _global_clip(w.leaf.rule)
+        if clip is not None:
+            by_clip[clip].append(w)
+    factors = []
+    for clip, ws in by_clip.items():
+        norms = [_as_float(n) for n in _norms([w.dx for w in ws], clip.p)]
+        total = float(torch.linalg.vector_norm(torch.tensor(norms, dtype=torch.float64), clip.p))
+        where = f"the arrays clipped together (first at {ws[0].path})"
+        factors.append((ws, clip.factor(total, where)))  # raises before anything changed
+    for ws, f in factors:
+        if f != 1.0:
+            for w in ws:
+                w.dx = w.dx * f
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups
 
 
 @dataclasses.dataclass
-class _Plan:
-    version: int
-    model: Any
-    groups: list[FlatGroup]
-    loose: list[Work]
-    # (mutable container, its children when the plan was made): a parameter or submodule
-    # replaced since then (``model.fc = nn.Linear(...)``) shows up as a changed child.
-    structure: list[tuple[Any, tuple]] = dataclasses.field(default_factory=list)
+class Group:
+    """Leaves of one call updated together: same rule, dtype, device and scalar state."""
 
-    def structure_unchanged(self) -> bool:
-        for container, children in self.structure:
-            now = container.values() if isinstance(container, dict) else container
-            if len(now) != len(children) or not all(map(operator.is_, now, children)):
-                return False
-        return True
+    rule: Rule
+    items: list[Work]
 
-    def owns(self, leaf: Any, x: torch.Tensor) -> bool:
-        """True if ``x`` is the parameter this plan updates for ``leaf``."""
-        if leaf._flat is not None:
-            g, j = leaf._flat
-            return g.params[j] is x
-        return any(w.leaf is leaf and w.x is x for w in self.loose)
+    @property
+    def paths(self) -> list[str]:
+        return [str(w.path) for w in self.items]
 
 
-def _cached(state: Any, model: Any) -> _Plan | None:
-    # The plan lives on the state tree's root (a slot of Node and Leaf), so it goes with it.
-    plan = getattr(state, "_plan", None)
-    if plan is None or plan.version != _VERSION[0] or plan.model is not model:
-        return None
-    if not all(g.intact() for g in plan.groups):
-        return None
-    return plan
+def _group_key(w: Work) -> tuple:
+    dense = type(w.x) is torch.Tensor or isinstance(w.x, torch.nn.Parameter)
+    kind = "dense" if dense else id(w)  # subclasses (DTensor...) go one leaf at a time
+    return (w.leaf.rule, w.x.dtype, w.x.device, kind, _scalars(w.leaf.state))
 
 
-def update_plan(
-    state: Any, model: Any, pairs: Any, items: list[Work] | None = None, structure: Any = None
-) -> _Plan:
-    """The plan for ``state``/``model``; ``pairs()`` lists (leaf, param, path) to rebuild it.
-
-    A parameter replaced since the plan was made (``lin.weight = nn.Parameter(...)``) forces a
-    rebuild: ``items`` (from a walk of the model) are checked one by one, otherwise the
-    snapshot of the model's containers that ``structure()`` took when the plan was made.
-    """
-    plan = _cached(state, model)
-    if plan is not None:
-        if items is not None:
-            if not all(plan.owns(w.leaf, w.x) for w in items):
-                plan = None
-        elif not plan.structure_unchanged():
-            plan = None
-    if plan is not None:
-        return plan
-    with torch.no_grad():
-        plan = _pack(pairs())
-    plan.model = model
-    plan.structure = structure() if structure is not None else []
-    try:
-        object.__setattr__(state, "_plan", plan)
-    except AttributeError:
-        pass  # a state root without a slot for it (a plain dict of Leafs) is not cached
-    return plan
+def group(items: list[Work]) -> list[Group]:
+    by_key: dict[tuple, list[Work]] = defaultdict(list)
+    for w in items:
+        by_key[_group_key(w)].append(w)
+    return [Group(ws[0].leaf.rule, ws) for ws in by_key.values()]
 
 
 # ---------------------------------------------------------------------------------------------
-# Running a step
+# Kernels
 
 
 def _fused_adam_step(rule: Rule, b1t: float, b2t: float) -> int | None:
@@ -372,224 +304,195 @@ def _fused_adam_step(rule: Rule, b1t: float, b2t: float) -> int | None:
     return t
 
 
-def _try_fused(g: FlatGroup, dx: torch.Tensor) -> bool:
+def _try_fused(g: Group) -> bool:
     """Update the group with one of PyTorch's fused kernels when the maths agree exactly."""
-    if g.x.dtype not in (torch.float32, torch.float64):
+    x0 = g.items[0].x
+    if x0.dtype not in (torch.float32, torch.float64) or not _plain(g):
         return False  # lower precisions need Optimisers.jl's epsilon floor: use the rule's maths
-    rule, base = g.rule, 0
-    if hasattr(rule, "rule_at") and isinstance(g.atoms[0], int):
-        # A Scheduler: state (t, inner_state); its rule at step t may have a fused kernel.
-        rule, base = rule.rule_at(g.atoms[0]), 1
+    rule, scheduled = g.rule, False
+    state0 = g.items[0].leaf.state
+    if hasattr(rule, "rule_at") and isinstance(state0[0], int):
+        rule, scheduled = rule.rule_at(state0[0]), True  # a Scheduler: its rule at step t
+    inner = [w.leaf.state[1] if scheduled else w.leaf.state for w in g.items]
+    xs = [w.x for w in g.items]
+    dxs = [w.dx for w in g.items]
     kind = type(rule)
-    if kind is Adam or (kind is AdamW and rule.couple):
-        b1t, b2t = g.atoms[base + 2], g.atoms[base + 3]
+    if kind is R.Adam or (kind is R.AdamW and rule.couple):
+        b1t, b2t = inner[0][2]
         t = _fused_adam_step(rule, b1t, b2t)
         if t is None:
             return False
-        mt, vt = g.buffers[base], g.buffers[base + 1]
-        step = torch.tensor(float(t), device=g.x.device)
-        kernel = torch._fused_adam_ if kind is Adam else torch._fused_adamw_
+        step = torch.tensor(float(t), device=x0.device)
+        kernel = torch._fused_adam_ if kind is R.Adam else torch._fused_adamw_
         kernel(
-            [g.x], [dx], [mt], [vt], [], [step],
+            xs, dxs, [s[0] for s in inner], [s[1] for s in inner], [], [step] * len(xs),
             lr=rule.eta, beta1=rule.beta[0], beta2=rule.beta[1],
-            weight_decay=0.0 if kind is Adam else rule.lambd,
+            weight_decay=0.0 if kind is R.Adam else rule.lambd,
             eps=rule.epsilon, amsgrad=False, maximize=False,
         )  # fmt: skip
-        g.atoms[base + 2], g.atoms[base + 3] = b1t * rule.beta[0], b2t * rule.beta[1]
-    elif kind is AdaGrad:
-        step = torch.tensor(1.0, device=g.x.device)
+        powers = (b1t * rule.beta[0], b2t * rule.beta[1])
+        new = [(s[0], s[1], powers) for s in inner]
+    elif kind is R.AdaGrad:
+        step = torch.tensor(1.0, device=x0.device)
         torch._fused_adagrad_(
-            [g.x], [dx], [g.buffers[base]], [step],
+            xs, dxs, list(inner), [step] * len(xs),
             lr=rule.eta, lr_decay=0.0, weight_decay=0.0, eps=rule.epsilon, maximize=False,
         )  # fmt: skip
+        new = inner
     else:
         return False
-    if base:
-        g.atoms[0] += 1
+    for w, s in zip(g.items, new):
+        w.leaf.state = (w.leaf.state[0] + 1, s) if scheduled else s
     return True
 
 
-def _step_group(g: FlatGroup, dx: torch.Tensor) -> None:
-    if _try_fused(g, dx):
-        return
-    token = segments.set(tuple(g.numels))
+def _plain(g: Group) -> bool:
+    return all(w.x.is_contiguous() and w.dx.is_contiguous() for w in g.items)
+
+
+def _apply_one(w: Work) -> None:
+    """The rule's maths on one leaf, in place."""
+    new_state, upd = w.leaf.rule.apply(w.leaf.state, w.x, w.dx)
+    _keep_state(w.leaf, new_state)
+    if upd is not None:
+        w.x.sub_(upd)
+
+
+def _keep_state(leaf: Any, new_state: Any) -> None:
+    """Store the rule's returned state, copying tensors into the leaf's own (so that anyone
+    holding a leaf's state tensor keeps seeing it)."""
+    old = atoms(leaf.state)
+    parts = atoms(new_state)
+    if len(old) == len(parts):
+        for i, (a, b) in enumerate(zip(old, parts)):
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a is not b:
+                if a.shape == b.shape and a.dtype == b.dtype:
+                    a.copy_(b)
+                    parts[i] = a
+    leaf.state = fill(new_state, parts)
+
+
+def _apply_gathered(g: Group) -> None:
+    """The rule's maths once over the whole group, gathered into flat scratch tensors."""
+    items = g.items
+    numels = [w.x.numel() for w in items]
+    x = torch.cat([w.x.reshape(-1) for w in items])
+    dx = torch.cat([w.dx.reshape(-1) for w in items])
+    per_leaf = [atoms(w.leaf.state) for w in items]
+    template = items[0].leaf.state
+    parts = list(per_leaf[0])
+    slots = [i for i, a in enumerate(parts) if isinstance(a, torch.Tensor)]
+    for i in slots:
+        parts[i] = torch.cat([p[i].reshape(-1) for p in per_leaf])
+    token = segments.set(tuple(numels))
     try:
-        new_state, upd = g.rule.apply(g.state(), g.x, dx)
+        new_state, upd = g.rule.apply(fill(template, parts), x, dx)
+    except NonFiniteGradientError as e:
+        index = getattr(e, "index", None)
+        if index is not None:
+            raise NonFiniteGradientError(
+                f"gradient at {items[index].path}: {e}; nothing was updated"
+            ) from None
+        raise
     finally:
         segments.reset(token)
-    g.absorb(new_state)
+    new_parts = atoms(new_state)
+    outs: list[torch.Tensor] = []
+    ins: list[torch.Tensor] = []
     if upd is not None:
-        g.x.sub_(upd)
+        x.sub_(upd)
+        outs += [w.x for w in items]
+        ins += _pieces(x, items)
+    for i in slots:
+        outs += [p[i] for p in per_leaf]
+        ins += _pieces(new_parts[i], items)
+    if outs:
+        torch._foreach_copy_(outs, ins)
+    for w, mine in zip(items, per_leaf):
+        leaf_parts = [mine[i] if i in slots else new_parts[i] for i in range(len(new_parts))]
+        w.leaf.state = fill(new_state, leaf_parts)
 
 
-def _check_finite(g: FlatGroup, dx: torch.Tensor) -> None:
-    if _throwing_clips(g.rule) and not bool(torch.isfinite(dx).all()):
-        bad = next(
-            (
-                i
-                for i, part in enumerate(dx.split(g.numels))
-                if not bool(torch.isfinite(part).all())
-            ),
-            0,
-        )
-        raise NonFiniteGradientError(
-            f"gradient at {g.paths[bad]} contains Inf or NaN and its rule has a ClipNorm with "
-            f"throw=True; nothing was updated"
-        )
+def _pieces(flat: torch.Tensor, items: list[Work]) -> list[torch.Tensor]:
+    return [v.view(w.x.shape) for v, w in zip(flat.split([w.x.numel() for w in items]), items)]
 
 
-def _global_clip_factors(entries: list[tuple[Rule, torch.Tensor, str]]) -> list[float]:
-    """For each (rule, gradient, where): the factor its global ClipNorm scales it by (or 1).
-
-    Gradients whose rules start with the same global ClipNorm share one norm over all of them.
-    """
-    by_clip: dict[ClipNorm, list[int]] = defaultdict(list)
-    for i, (rule, _, _) in enumerate(entries):
-        clip = _global_clip(rule)
-        if clip is not None:
-            by_clip[clip].append(i)
-    factors = [1.0] * len(entries)
-    for clip, idx in by_clip.items():
-        norms = [torch.linalg.vector_norm(entries[i][1], clip.p).double() for i in idx]
-        total = float(torch.linalg.vector_norm(torch.stack(norms), clip.p))
-        where = f"the arrays clipped together (first at {entries[idx[0]][2]})"
-        factor = clip.factor(total, where)
-        for i in idx:
-            factors[i] = factor
-    return factors
-
-
-def step_groups(work: list[tuple[FlatGroup, torch.Tensor]]) -> None:
-    """Update each (group, flat gradient) after checking all of them."""
-    for g, dx in work:
-        _check_finite(g, dx)
-    factors = _global_clip_factors([(g.rule, dx, g.paths[0]) for g, dx in work])
-    work = [(g, dx if f == 1.0 else dx * f) for (g, dx), f in zip(work, factors)]
-    with torch.no_grad():
-        for g, dx in work:
-            _step_group(g, dx)
-
-
-def _apply_per_leaf(items: list[Work]) -> None:
-    """Reference path for leaves updated without the rest of their group (a partial step)."""
-    with torch.no_grad():
-        for w in items:
-            new_state, upd = w.leaf.rule.apply(w.leaf.state, w.x, w.dx)
-            w.leaf.state = new_state
-            if upd is not None:
-                w.x.sub_(upd)
-
-
-def _gradient(w: Work) -> torch.Tensor:
-    g = w.grads[0]
-    for h in w.grads[1:]:
-        g = g + h
-    if g.dtype != w.x.dtype or g.device != w.x.device:
-        g = g.to(device=w.x.device, dtype=w.x.dtype)
-    return g
-
-
-def _needs_global_clip(items: list[Work]) -> bool:
-    return any(_global_clip(w.leaf.rule) is not None for w in items)
-
-
-def run_items(plan: _Plan, items: list[Work]) -> None:
-    """Update from explicit gradients: whole groups fused, partially covered groups per leaf."""
-    by_leaf = {id(w.leaf): w for w in items}
-    whole: list[tuple[FlatGroup, torch.Tensor]] = []
-    partial: list[Work] = [w for w in plan.loose if id(w.leaf) in by_leaf and not w.leaf.frozen]
-    partial = [by_leaf[id(w.leaf)] for w in partial]
-    for w in partial:
-        w.dx = _gradient(w)
-    for g in plan.groups:
-        if g.frozen:
-            continue
-        ws = [by_leaf.get(id(leaf)) for leaf in g.leaves]
-        present = [w for w in ws if w is not None]
-        if not present:
-            continue
-        for w in present:
-            w.dx = _gradient(w)
-        if len(present) == len(ws):
-            whole.append((g, g.gather([w.dx for w in present])))
-        else:
-            partial.extend(present)
-    _finish(whole, partial)
-
-
-def run_dot_grad(plan: _Plan) -> None:
-    """Update from each parameter's ``.grad`` (zero-copy when they are the engine's views)."""
-    whole: list[tuple[FlatGroup, torch.Tensor]] = []
-    partial: list[Work] = []
-    for g in plan.groups:
-        if g.frozen:
-            continue
-        dx = g.attached_grad()
-        if dx is not None:
-            whole.append((g, dx))
-            continue
-        for leaf, p, path in zip(g.leaves, g.params, g.paths):
-            if p.grad is not None:
-                partial.append(Work(leaf, p, [p.grad], path))
-    for w in plan.loose:
-        if w.x.grad is not None and not w.leaf.frozen:
-            partial.append(Work(w.leaf, w.x, [w.x.grad], w.path))
-    for w in partial:
-        w.dx = _gradient(w)
-    _finish(whole, partial)
-
-
-def _finish(whole: list[tuple[FlatGroup, torch.Tensor]], partial: list[Work]) -> None:
-    """Run whole groups fused and the rest per leaf; every check happens before any change."""
-    if partial and _needs_global_clip(partial):
-        # A global norm needs every gradient of the call together: take the per-leaf path.
-        items = list(partial)
-        for g, dx in whole:
-            for leaf, p, path, part in zip(g.leaves, g.params, g.paths, dx.split(g.numels)):
-                items.append(Work(leaf, p, [part.view(p.shape)], path, part.view(p.shape)))
-        _run_unpacked(items)
+def _run_group(g: Group) -> None:
+    if _try_fused(g):
         return
-    for w in partial:
-        _check_leaf_finite(w)
-    step_groups(whole)
-    _apply_per_leaf(partial)
+    from . import compiled
+
+    if compiled.try_compiled(g):
+        return
+    if len(g.items) == 1 or not _plain(g):
+        for w in g.items:
+            _run_single(w)
+        return
+    _apply_gathered(g)
 
 
-def _check_leaf_finite(w: Work) -> None:
-    if _throwing_clips(w.leaf.rule) and not bool(torch.isfinite(w.dx).all()):
-        raise NonFiniteGradientError(
-            f"gradient at {w.path} contains Inf or NaN and its rule has a ClipNorm with "
-            f"throw=True; nothing was updated"
-        )
+def _run_single(w: Work) -> None:
+    try:
+        _apply_one(w)
+    except NonFiniteGradientError as e:
+        raise NonFiniteGradientError(f"gradient at {w.path}: {e}; nothing was updated") from None
 
 
-def _run_unpacked(items: list[Work]) -> None:
-    """Per-leaf reference path with all checks first (also used by tests as the reference)."""
-    items = [w for w in items if not w.leaf.frozen]
-    for w in items:
-        if w.dx is None:
-            w.dx = _gradient(w)
-        _check_leaf_finite(w)
-    factors = _global_clip_factors([(w.leaf.rule, w.dx, str(w.path)) for w in items])
-    for w, f in zip(items, factors):
-        if f != 1.0:
-            w.dx = w.dx * f
-    _apply_per_leaf(items)
+def _snapshot(g: Group) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    pairs = []
+    for w in g.items:
+        pairs.append((w.x, w.x.detach().clone()))
+        pairs += [(a, a.clone()) for a in atoms(w.leaf.state) if isinstance(a, torch.Tensor)]
+    return pairs
 
 
-def run(items: list[Work]) -> None:
-    """Update the given leaves (any collection of them, e.g. the implicit style's Params).
-
-    Leaves are grouped and packed into flat buffers like a state tree's leaves are.
-    """
+def step(items: list[Work]) -> None:
+    """Update the given leaves (gradients in ``.dx`` or ``.grads``), all checks first."""
     items = [w for w in items if not w.leaf.frozen]
     if not items:
         return
     with torch.no_grad():
-        plan = _pack([(w.leaf, w.x, w.path) for w in items])
-        run_items(plan, items)
+        for w in items:
+            follow_parameter(w)
+            if w.dx is None:
+                check_gradient(w, w.grads[0])
+                for h in w.grads[1:]:
+                    check_gradient(w, h)
+                w.dx = _gradient(w)
+        _check_head_clips(items)
+        _apply_global_clips(items)
+        groups = group(items)
+        risky = [g for g in groups if _may_raise_midway(g.rule)]
+        safe = [g for g in groups if not _may_raise_midway(g.rule)]
+        if risky:
+            saved = [(g, _snapshot(g), [w.leaf.state for w in g.items]) for g in risky]
+            try:
+                for g in risky:
+                    _run_group(g)
+            except BaseException:
+                for g, pairs, states in saved:
+                    for dst, src in pairs:
+                        dst.copy_(src)
+                    for w, s in zip(g.items, states):
+                        w.leaf.state = s
+                raise
+        for g in safe:
+            _run_group(g)
+
+
+def run(items: list[Work]) -> None:
+    """Update the given leaves (any collection of them, e.g. the implicit style's Params)."""
+    step(items)
 
 
 def run_reference(items: list[Work]) -> None:
     """The per-tensor reference: each leaf's rule applied to it alone (for tests)."""
-    _run_unpacked(items)
+    items = [w for w in items if not w.leaf.frozen]
+    with torch.no_grad():
+        for w in items:
+            if w.dx is None:
+                w.dx = _gradient(w)
+        _check_head_clips(items)
+        _apply_global_clips(items)
+        for w in items:
+            _run_single(w)

@@ -703,9 +703,11 @@ class ClipNorm(Rule):
             norms = torch.stack([self.norm(part) for part in parts])
         if self.throw and not bool(torch.isfinite(norms).all()):
             bad = int((~torch.isfinite(norms)).nonzero()[0])
-            raise NonFiniteGradientError(
-                f"gradient has {self.p:g}-norm {float(norms[bad])}, for parameter {bad} of its group"
+            err = NonFiniteGradientError(
+                f"{self.p:g}-norm {float(norms[bad])} (ClipNorm with throw=True)"
             )
+            err.index = bad  # which array of the flat buffer: the engine names its path
+            raise err
         lam = torch.where(norms == 0, torch.ones_like(norms), (self.omega / norms).clamp(max=1))
         scale = torch.repeat_interleave(lam.to(dx.dtype), torch.tensor(sizes, device=dx.device))
         return state, dx * scale

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import operator
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -39,8 +41,7 @@ __all__ = [
 class Leaf:
     """The optimiser state of one trainable tensor: its ``rule``, ``state`` and ``frozen`` flag.
 
-    Once the engine has packed the leaf into a group's flat buffers, ``state`` is made of views
-    into those buffers; replacing ``rule``, ``state`` or ``frozen`` makes the engine regroup.
+    ``state`` holds tensors of fluxtrain's own (momenta...), never the parameter's storage.
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -48,46 +49,15 @@ class Leaf:
         Leaf(Momentum(eta=0.1, rho=0.9), tensor([0., 0.]))
     """
 
-    __slots__ = ("__weakref__", "_flat", "_frozen", "_like", "_plan", "_rule", "_state")
+    __slots__ = ("__weakref__", "_like", "_plan", "frozen", "rule", "state")
 
     def __init__(self, rule: Rule, state: Any, frozen: bool = False, like: Any = None):
-        self._rule = rule
-        self._state = state
-        self._frozen = frozen
-        self._flat: tuple[Any, int] | None = None  # (engine group, index) once packed
-        # (shape, dtype, device) of the parameter, so that reset_ can rebuild the state.
+        self.rule = rule
+        self.state = state
+        self.frozen = bool(frozen)
+        # (shape, dtype, device) of the parameter, so that reset_ can rebuild the state and
+        # the engine can follow a parameter moved to another dtype or device.
         self._like = like
-
-    @property
-    def rule(self) -> Rule:
-        return self._rule
-
-    @rule.setter
-    def rule(self, value: Rule) -> None:
-        self._rule = value
-        engine.bump()
-
-    @property
-    def frozen(self) -> bool:
-        return self._frozen
-
-    @frozen.setter
-    def frozen(self, value: bool) -> None:
-        self._frozen = bool(value)
-        engine.bump()
-
-    @property
-    def state(self) -> Any:
-        if self._flat is not None:
-            group, j = self._flat
-            return group.leaf_state(j)
-        return self._state
-
-    @state.setter
-    def state(self, value: Any) -> None:
-        self._flat = None
-        self._state = value
-        engine.bump()
 
     def __repr__(self) -> str:
         extra = ", frozen=True" if self.frozen else ""
@@ -377,19 +347,43 @@ def update_(state: Any, model: Any, grads: Any = None) -> tuple[Any, Any]:
             "call opt_state = ft.setup(rule, model) once before training"
         )
     model = unwrap(model)
-
-    def pairs() -> list:
-        return [(w.leaf, w.x, w.path) for w in _collect(state, model, None, use_dot_grad=True)]
-
     with torch.no_grad():
         if grads is None:
-            engine.run_dot_grad(
-                engine.update_plan(state, model, pairs, structure=lambda: _structure(model))
-            )
+            items = _dot_grad_items(state, model)
         else:
             items = _collect(state, model, grads, use_dot_grad=False)  # validates, mutates nothing
-            engine.run_items(engine.update_plan(state, model, pairs, items), items)
+        engine.step(items)
     return state, model
+
+
+def _dot_grad_items(state: Any, model: Any) -> list[engine.Work]:
+    """The leaves to update from each parameter's ``.grad`` (the tree walk is cached on the
+    state's root while the model's containers hold the same children)."""
+    cached = getattr(state, "_plan", None)
+    if cached is not None and cached[0] is model and _unchanged(cached[1]):
+        pairs = cached[2]
+    else:
+        pairs = [(w.leaf, w.x, w.path) for w in _collect(state, model, None, use_dot_grad=True)]
+        try:
+            object.__setattr__(state, "_plan", (model, _structure(model), pairs))
+        except AttributeError:
+            pass  # a state root without a slot for it (a plain dict of Leafs) is not cached
+    items = [engine.Work(leaf, x, [x.grad], path) for leaf, x, path in pairs if x.grad is not None]
+    if not items and any(not leaf.frozen for leaf, _, _ in pairs):
+        warnings.warn(
+            "update_: no trainable parameter has a .grad, so nothing was updated; call "
+            "loss.backward() first, or pass the gradient tree: ft.update_(state, model, grads[0])",
+            stacklevel=3,
+        )
+    return items
+
+
+def _unchanged(structure: list[tuple[Any, tuple]]) -> bool:
+    for container, kids in structure:
+        now = container.values() if isinstance(container, dict) else container
+        if len(now) != len(kids) or not all(map(operator.is_, now, kids)):
+            return False
+    return True
 
 
 def update(state: Any, model: Any, grads: Any = None) -> tuple[Any, Any]:
@@ -504,8 +498,33 @@ def adjust(tree_or_rule: Any, eta: float | None = None, **hyper: Any) -> Any:
     return new
 
 
+def _state_leaves(tree: Any, verb: str) -> list[Leaf]:
+    """The Leafs below ``tree``; a model in place of the state tree is an error."""
+    if isinstance(tree, (nn.Module, torch.Tensor)) or (
+        not isinstance(tree, Leaf) and _has_tensor(tree)
+    ):
+        raise TypeError(
+            f"{verb} takes the optimiser state from ft.setup (or a subtree of it, e.g. "
+            f"opt_state.layers.enc), not the model: {verb}(opt_state...) "
+            f"(got a {type(tree).__name__} holding parameters)"
+        )
+    return list(leaves(tree))
+
+
+def _has_tensor(tree: Any) -> bool:
+    if isinstance(tree, torch.Tensor):
+        return True
+    if isinstance(tree, (Node, Leaf)) or tree is None:
+        return False
+    ch = children(tree) if isinstance(tree, (Mapping, list, tuple)) else None
+    return any(_has_tensor(v) for v in (ch or {}).values())
+
+
 def freeze_(tree: Any) -> None:
     """Stop updating every parameter below ``tree`` until :func:`thaw_` (state is kept).
+
+    ``tree`` is the optimiser state from :func:`setup` or a subtree of it; passing the model
+    instead is an error (it would silently do nothing).
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -513,12 +532,12 @@ def freeze_(tree: Any) -> None:
         >>> ft.freeze_(st["a"]); st["a"].frozen, st["b"].frozen
         (True, False)
     """
-    for leaf in leaves(tree):
+    for leaf in _state_leaves(tree, "freeze_"):
         leaf.frozen = True
 
 
 def thaw_(tree: Any) -> None:
-    """Undo :func:`freeze_` on every Leaf below ``tree``.
+    """Undo :func:`freeze_` on every Leaf below ``tree`` (the state tree, not the model).
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -526,7 +545,7 @@ def thaw_(tree: Any) -> None:
         >>> st.frozen
         False
     """
-    for leaf in leaves(tree):
+    for leaf in _state_leaves(tree, "thaw_"):
         leaf.frozen = False
 
 
