@@ -258,3 +258,10 @@ def test_hand_written_float16_loop_with_loss_scaler_recovers_from_overflow_and_l
     with torch.no_grad():
         acc = float((model(Xva).argmax(1) == yva).float().mean())
     assert acc > 0.9
+
+
+def test_mixed_precision_inside_a_chain_is_refused_pointing_to_wrapping_the_chain():
+    with pytest.raises(TypeError, match=r"MixedPrecision\(OptimiserChain"):
+        ft.OptimiserChain(ft.MixedPrecision(ft.Descent(0.1)), ft.ClipGrad(1.0))
+    # wrapping the chain is the way
+    ft.MixedPrecision(ft.OptimiserChain(ft.ClipGrad(1.0), ft.Descent(0.1)))

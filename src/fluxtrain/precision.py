@@ -293,6 +293,7 @@ class MixedPrecision(Rule):
     rule: Rule
     dtype: torch.dtype = torch.float32
     _fixed = ("dtype",)
+    _outermost = True  # owns the master copy: it must wrap the whole rule, never sit in a chain
 
     def __post_init__(self) -> None:
         if not isinstance(self.rule, Rule):

@@ -90,16 +90,16 @@ def _scalars(state: Any) -> tuple:
     return tuple(a for a in atoms(state) if not isinstance(a, torch.Tensor))
 
 
-def _rules_in(rule: Rule) -> list[Rule]:
+def rules_in(rule: Rule) -> list[Rule]:
     """``rule`` and every rule inside it (chains, Schedulers, MixedPrecision), in order."""
     if isinstance(rule, OptimiserChain):
-        return [r for o in rule.opts for r in _rules_in(o)]
+        return [r for o in rule.opts for r in rules_in(o)]
     inner = getattr(rule, "inner_rules", None)
     if inner is not None:
-        return [rule] + [r for o in inner() for r in _rules_in(o)]
+        return [rule] + [r for o in inner() for r in rules_in(o)]
     wrapped = getattr(rule, "rule", None)
     if isinstance(wrapped, Rule):
-        return [rule, *_rules_in(wrapped)]
+        return [rule, *rules_in(wrapped)]
     return [rule]
 
 
@@ -129,7 +129,7 @@ _KNOWN = tuple(getattr(R, name) for name in R.__all__ if name != "Rule")
 
 def _may_raise_midway(rule: Rule) -> bool:
     """True if ``rule`` can raise after it has started changing state or parameters."""
-    inner = _rules_in(rule)
+    inner = rules_in(rule)
     head = _head_clip(rule)
     for r in inner:
         if isinstance(r, ClipNorm) and r.throw and r is not head:

@@ -65,6 +65,32 @@ def _eps(x: torch.Tensor, e: float) -> float:
     return e
 
 
+def _is_number(a: Any) -> bool:
+    return not isinstance(a, torch.Tensor)
+
+
+# The maths below is written once and runs two ways: eagerly with hyperparameters as Python
+# numbers, and compiled by the engine (fluxtrain.optimisers.compiled) with hyperparameters and
+# counters as 0-d tensors, so that adjust_ and schedules never recompile.  These helpers take
+# either: torch's ``alpha=``/``value=`` arguments accept only numbers.
+
+
+def _add_(y: torch.Tensor, x: torch.Tensor, a: Any) -> torch.Tensor:
+    """``y += a * x`` in place."""
+    return y.add_(x, alpha=a) if _is_number(a) else y.add_(x * a)
+
+
+def _plus(y: torch.Tensor, x: torch.Tensor, a: Any) -> torch.Tensor:
+    """``y + a * x`` as a new tensor."""
+    return torch.add(y, x, alpha=a) if _is_number(a) else y + x * a
+
+
+def _add_abs2_(y: torch.Tensor, x: torch.Tensor, a: Any) -> torch.Tensor:
+    """``y += a * |x|^2`` in place: Optimisers.jl's ``abs2``, real for a complex ``x``."""
+    xc = x.conj() if x.is_complex() else x
+    return y.addcmul_(x, xc, value=a) if _is_number(a) else y.add_(x * xc * a)
+
+
 def _is_real(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
@@ -82,6 +108,9 @@ class Rule:
     _flags: ClassVar[tuple[str, ...]] = ()
     _fixed: ClassVar[tuple[str, ...]] = ()  # fields that adjust may not change
     _choices: ClassVar[dict[str, tuple[str, ...]]] = {}  # string-valued fields
+    # Rules whose maths compares or orders values (max, clamp, sign agreement) have no meaning
+    # for complex numbers, as in Optimisers.jl where they raise: setup refuses complex leaves.
+    _real_only: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -178,7 +207,7 @@ class Momentum(Rule):
         return torch.zeros_like(x)
 
     def apply(self, mvel, x, dx):
-        mvel.mul_(self.rho).add_(dx, alpha=self.eta)
+        _add_(mvel.mul_(self.rho), dx, self.eta)
         return mvel, mvel
 
 
@@ -200,8 +229,8 @@ class Nesterov(Rule):
 
     def apply(self, vel, x, dx):
         rho, eta = self.rho, self.eta
-        update = torch.mul(vel, -rho * rho).add_(dx, alpha=(1 + rho) * eta)
-        vel.mul_(rho).sub_(dx, alpha=eta)
+        update = _add_(torch.mul(vel, -rho * rho), dx, (1 + rho) * eta)
+        _add_(vel.mul_(rho), dx, -eta)
         return vel, update
 
 
@@ -231,10 +260,10 @@ class RMSProp(Rule):
     def apply(self, state, x, dx):
         quad, lin = state
         rho = self.rho
-        quad.mul_(rho).addcmul_(dx, dx, value=1 - rho)
+        _add_abs2_(quad.mul_(rho), dx, 1 - rho)
         if self.centred:
-            lin.mul_(rho).add_(dx, alpha=1 - rho)
-            denom = torch.addcmul(quad, lin, lin, value=-1).sqrt_()
+            _add_(lin.mul_(rho), dx, 1 - rho)
+            denom = _add_abs2_(quad.clone(), lin, -1).sqrt_()
         else:
             denom = quad.sqrt()
         denom.add_(_eps(x, self.epsilon))
@@ -258,6 +287,8 @@ class Rprop(Rule):
     gamma: tuple = (1e-6, 50.0)
     _positive = ("eta",)
     _pairs = ("ell", "gamma")
+
+    _real_only = True
 
     def init(self, x):
         return (torch.zeros_like(x), torch.full_like(x, self.eta))
@@ -302,8 +333,8 @@ class Adam(_AdamFamily):
     def apply(self, state, x, dx):
         mt, vt, (b1t, b2t) = state
         b1, b2 = self.beta
-        mt.mul_(b1).add_(dx, alpha=1 - b1)
-        vt.mul_(b2).addcmul_(dx, dx, value=1 - b2)
+        _add_(mt.mul_(b1), dx, 1 - b1)
+        _add_abs2_(vt.mul_(b2), dx, 1 - b2)
         denom = torch.div(vt, 1 - b2t).sqrt_().add_(_eps(x, self.epsilon))
         update = torch.div(mt, denom, out=denom).mul_(self.eta / (1 - b1t))
         return (mt, vt, (b1t * b1, b2t * b2)), update
@@ -331,8 +362,8 @@ class Lion(Rule):
 
     def apply(self, mt, x, dx):
         b1, b2 = self.beta
-        mt.mul_(1 - b2).add_(dx, alpha=b2)
-        update = torch.mul(dx, b2 - b1).add_(mt, alpha=b1).sign_().mul_(self.eta)
+        _add_(mt.mul_(1 - b2), dx, b2)
+        update = _add_(torch.mul(dx, b2 - b1), mt, b1).sgn_().mul_(self.eta)
         return mt, update
 
 
@@ -359,8 +390,8 @@ class RAdam(Rule):
         mt, vt, (b1t, b2t), t = state
         b1, b2 = self.beta
         rho_inf = 2 / (1 - b2) - 1
-        mt.mul_(b1).add_(dx, alpha=1 - b1)
-        vt.mul_(b2).addcmul_(dx, dx, value=1 - b2)
+        _add_(mt.mul_(b1), dx, 1 - b1)
+        _add_abs2_(vt.mul_(b2), dx, 1 - b2)
         rho = rho_inf - 2 * t * b2t / (1 - b2t)
         if rho > 4:
             r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
@@ -386,10 +417,12 @@ class AdaMax(_AdamFamily):
     beta: tuple = (0.9, 0.999)
     epsilon: float = 1e-8
 
+    _real_only = True
+
     def apply(self, state, x, dx):
         mt, ut, (b1t, b2t) = state
         b1, b2 = self.beta
-        mt.mul_(b1).add_(dx, alpha=1 - b1)
+        _add_(mt.mul_(b1), dx, 1 - b1)
         torch.maximum(ut.mul_(b2), dx.abs(), out=ut)
         update = torch.div(mt, ut + _eps(x, self.epsilon)).mul_(self.eta / (1 - b1t))
         return (mt, ut, (b1t * b1, b2t * b2)), update
@@ -418,8 +451,8 @@ class OAdam(Rule):
     def apply(self, state, x, dx):
         mt, vt, (b1t, b2t), term = state
         b1, b2 = self.beta
-        mt.mul_(b1).add_(dx, alpha=1 - b1)
-        vt.mul_(b2).addcmul_(dx, dx, value=1 - b2)
+        _add_(mt.mul_(b1), dx, 1 - b1)
+        _add_abs2_(vt.mul_(b2), dx, 1 - b2)
         update = torch.mul(term, -1)
         denom = torch.div(vt, 1 - b2t).sqrt_().add_(_eps(x, self.epsilon))
         torch.div(mt, denom, out=term).mul_(self.eta / (1 - b1t))
@@ -446,7 +479,7 @@ class AdaGrad(Rule):
         return torch.full_like(x, self.epsilon)
 
     def apply(self, acc, x, dx):
-        acc.addcmul_(dx, dx)
+        _add_abs2_(acc, dx, 1)
         denom = acc.sqrt().add_(_eps(x, self.epsilon))
         return acc, torch.div(dx, denom, out=denom).mul_(self.eta)
 
@@ -472,10 +505,10 @@ class AdaDelta(Rule):
     def apply(self, state, x, dx):
         acc, dacc = state
         rho, eps = self.rho, _eps(x, self.epsilon)
-        acc.mul_(rho).addcmul_(dx, dx, value=1 - rho)
+        _add_abs2_(acc.mul_(rho), dx, 1 - rho)
         # epsilon stays inside both square roots, as in Optimisers.jl
         update = torch.add(dacc, eps).sqrt_().mul_(dx).div_(torch.add(acc, eps).sqrt_())
-        dacc.mul_(rho).addcmul_(update, update, value=1 - rho)
+        _add_abs2_(dacc.mul_(rho), update, 1 - rho)
         return (acc, dacc), update
 
 
@@ -496,6 +529,8 @@ class AMSGrad(Rule):
     _positive = ("eta",)
     _pairs = ("beta",)
 
+    _real_only = True
+
     def init(self, x):
         e = self.epsilon
         return (torch.full_like(x, e), torch.full_like(x, e), torch.full_like(x, e))
@@ -503,8 +538,8 @@ class AMSGrad(Rule):
     def apply(self, state, x, dx):
         mt, vt, vhat = state
         b1, b2 = self.beta
-        mt.mul_(b1).add_(dx, alpha=1 - b1)
-        vt.mul_(b2).addcmul_(dx, dx, value=1 - b2)
+        _add_(mt.mul_(b1), dx, 1 - b1)
+        _add_abs2_(vt.mul_(b2), dx, 1 - b2)
         torch.maximum(vhat, vt, out=vhat)
         update = torch.div(mt, vhat.sqrt().add_(_eps(x, self.epsilon))).mul_(self.eta)
         return (mt, vt, vhat), update
@@ -528,9 +563,9 @@ class NAdam(_AdamFamily):
     def apply(self, state, x, dx):
         mt, vt, (b1t, b2t) = state
         b1, b2 = self.beta
-        mt.mul_(b1).add_(dx, alpha=1 - b1)
-        vt.mul_(b2).addcmul_(dx, dx, value=1 - b2)
-        num = torch.mul(mt, b1 / (1 - b1 * b1t)).add_(dx, alpha=(1 - b1) / (1 - b1t))
+        _add_(mt.mul_(b1), dx, 1 - b1)
+        _add_abs2_(vt.mul_(b2), dx, 1 - b2)
+        num = _add_(torch.mul(mt, b1 / (1 - b1 * b1t)), dx, (1 - b1) / (1 - b1t))
         denom = torch.mul(vt, b2 / (1 - b2t)).sqrt_().add_(_eps(x, self.epsilon))
         return (mt, vt, (b1t * b1, b2t * b2)), num.div_(denom).mul_(self.eta)
 
@@ -557,15 +592,15 @@ class AdamW(_AdamFamily):
     def apply(self, state, x, dx):
         mt, vt, (b1t, b2t) = state
         b1, b2 = self.beta
-        mt.mul_(b1).add_(dx, alpha=1 - b1)
-        vt.mul_(b2).addcmul_(dx, dx, value=1 - b2)
+        _add_(mt.mul_(b1), dx, 1 - b1)
+        _add_abs2_(vt.mul_(b2), dx, 1 - b2)
         # Optimisers.jl uses T(epsilon) here, without the Float16 floor.
         denom = torch.div(vt, 1 - b2t).sqrt_().add_(self.epsilon)
         update = torch.div(mt, denom, out=denom).div_(1 - b1t)
         if self.couple:
-            update.add_(x, alpha=self.lambd).mul_(self.eta)
+            _add_(update, x, self.lambd).mul_(self.eta)
         else:
-            update.mul_(self.eta).add_(x, alpha=self.lambd)
+            _add_(update.mul_(self.eta), x, self.lambd)
         return (mt, vt, (b1t * b1, b2t * b2)), update
 
 
@@ -588,9 +623,9 @@ class AdaBelief(_AdamFamily):
         mt, st, (b1t, b2t) = state
         b1, b2 = self.beta
         eps = _eps(x, self.epsilon)
-        mt.mul_(b1).add_(dx, alpha=1 - b1)
+        _add_(mt.mul_(b1), dx, 1 - b1)
         centred = dx - mt
-        st.mul_(b2).addcmul_(centred, centred, value=1 - b2).add_(eps)
+        _add_abs2_(st.mul_(b2), centred, 1 - b2).add_(eps)
         denom = torch.div(st, 1 - b2t).sqrt_().add_(eps)
         update = torch.div(mt, denom, out=denom).mul_(self.eta / (1 - b1t))
         return (mt, st, (b1t * b1, b2t * b2)), update
@@ -611,7 +646,7 @@ class WeightDecay(Rule):
     lambd: float = 5e-4
 
     def apply(self, state, x, dx):
-        return state, torch.add(dx, x, alpha=self.lambd)
+        return state, _plus(dx, x, self.lambd)
 
 
 @_rule
@@ -626,7 +661,7 @@ class SignDecay(Rule):
     lambd: float = 1e-3
 
     def apply(self, state, x, dx):
-        return state, torch.add(dx, torch.sign(x), alpha=self.lambd)
+        return state, _plus(dx, torch.sgn(x), self.lambd)
 
 
 @_rule
@@ -640,6 +675,8 @@ class ClipGrad(Rule):
 
     delta: float = 10.0
     _positive = ("delta",)
+
+    _real_only = True
 
     def apply(self, state, x, dx):
         return state, torch.clamp(dx, -self.delta, self.delta)
@@ -735,6 +772,13 @@ class OptimiserChain(Rule):
         for o in opts:
             if not isinstance(o, Rule):
                 raise TypeError(f"OptimiserChain takes rules, got {o!r}")
+            if getattr(o, "_outermost", False):
+                # Optimisers.jl refuses it too: inside a chain, the master copy and the
+                # parameter would be updated by different rules and drift apart.
+                raise TypeError(
+                    f"{type(o).__name__} cannot go inside an OptimiserChain; wrap the chain "
+                    f"instead: {type(o).__name__}(OptimiserChain(...))"
+                )
         object.__setattr__(self, "opts", tuple(opts))
 
     def __repr__(self) -> str:

@@ -150,10 +150,18 @@ def setup(rule: Rule, model: Any) -> Any:
     cache: dict[int, Leaf] = {}
     keep: list[torch.Tensor] = []
 
-    def build(node: Any) -> Any:
+    real_only = [type(r).__name__ for r in engine.rules_in(rule) if r._real_only]
+
+    def build(node: Any, path: tuple = ()) -> Any:
         if isinstance(node, torch.Tensor):
             if not is_trainable_tensor(node):
                 return None
+            if node.is_complex() and real_only:
+                raise TypeError(
+                    f"the parameter at {KeyPath(path)} is complex ({node.dtype}) but "
+                    f"{', '.join(real_only)} compares values, which complex numbers cannot do "
+                    f"(Optimisers.jl raises too); use a rule such as Adam, Momentum or Descent"
+                )
             if id(node) not in cache:
                 keep.append(node)
                 with torch.no_grad():
@@ -163,7 +171,9 @@ def setup(rule: Rule, model: Any) -> Any:
         ch = _trainable_children(node)
         if ch is None:
             return None
-        return make_node(node, {k: (None if v is None else build(v)) for k, v in ch.items()})
+        return make_node(
+            node, {k: (None if v is None else build(v, (*path, k))) for k, v in ch.items()}
+        )
 
     return build(unwrap(model))
 
