@@ -1,11 +1,285 @@
-"""Single-pass kernels compiled from a rule's own maths (placeholder until measured)."""
+"""Single-pass kernels compiled from a rule's own maths (``torch.compile``).
+
+A rule's ``apply`` is written once, in rules.py, with ordinary torch operations.  Run eagerly,
+each operation is a pass over memory (Adam-like rules make eight or more); compiled by
+TorchInductor, the same maths becomes one loop that reads each tensor once and writes it once,
+like PyTorch's hand-written fused kernels.  This module compiles it:
+
+* **Hyperparameters and counters are 0-d tensors**, not constants: the kernel takes a copy of
+  the rule whose float fields are 0-d float64 tensors, and the state's scalars (``beta^t``,
+  step counters) likewise.  ``adjust_``, a Scheduler or a new step count change values, never
+  the compiled code.  Only the rule's structure (its class, flags such as ``centred``, the
+  chain's members), the dtype and the device select a kernel.
+* **Bounded compile time**: one kernel per structure, dtype and device, compiled with dynamic
+  shapes over 1-D views, whatever the model.  A parameter of at least ``big_numel`` elements is
+  one call on its own storage; the smaller ones of a group are gathered into one flat scratch
+  tensor, run as one call, and copied back (their bytes are a small share of real models).
+* Only groups of at least ``min_numel`` elements are compiled (compiling takes seconds, which
+  small models would never win back); smaller groups, lower precisions, tensor subclasses and
+  rules outside :data:`COMPILABLE` use the eager paths of the engine.  If compiling fails
+  (no C++ compiler, say), the engine warns once and stays eager for that kernel.
+
+Configure with :func:`configure`; ``FLUXTRAIN_COMPILE=0`` in the environment turns it off.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
+import os
+import types
+import warnings
 from typing import Any
 
-__all__ = ["try_compiled"]
+import torch
+
+from . import rules as R
+from .rules import OptimiserChain, Rule
+
+__all__ = ["COMPILABLE", "compile_count", "configure"]
+
+# Rules whose maths is elementwise with no data-dependent Python control flow.
+COMPILABLE: tuple[type, ...] = (
+    R.Descent, R.Momentum, R.Nesterov, R.RMSProp, R.Adam, R.AdamW, R.NAdam, R.AdaBelief,
+    R.Lion, R.OAdam, R.AdaGrad, R.AdaDelta, R.AdaMax, R.AMSGrad, R.WeightDecay, R.SignDecay,
+    R.ClipGrad, R.Rprop, OptimiserChain,
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class _Settings:
+    enabled: bool = os.environ.get("FLUXTRAIN_COMPILE", "1") not in ("0", "false", "False")
+    min_numel: int = 1 << 20
+    big_numel: int = 1 << 15
+
+
+settings = _Settings()
+_kernels: dict[tuple, Any] = {}
+_failed: set[tuple] = set()
+_compiles = [0]
+
+
+def configure(
+    enabled: bool | None = None, min_numel: int | None = None, big_numel: int | None = None
+) -> dict[str, Any]:
+    """Set when the engine compiles a rule's maths; returns the settings now in force.
+
+    ``enabled=False`` keeps every update eager; ``min_numel`` is the smallest group (in elements)
+    that is compiled; ``big_numel`` the smallest parameter that gets a kernel call of its own.
+
+    Example:
+        >>> import fluxtrain as ft
+        >>> ft.optimisers.compiled.configure()["enabled"] in (True, False)
+        True
+    """
+    if enabled is not None:
+        settings.enabled = bool(enabled)
+    if min_numel is not None:
+        settings.min_numel = int(min_numel)
+    if big_numel is not None:
+        settings.big_numel = max(2, int(big_numel))
+    return dataclasses.asdict(settings)
+
+
+def compile_count() -> int:
+    """How many kernels have been compiled in this process (tests check that adjust_ and
+    schedules add none)."""
+    return _compiles[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The rule as tensors
+
+
+def _structure(rule: Rule) -> tuple | None:
+    """What selects a kernel: classes and non-numeric fields; ``None`` if not compilable."""
+    if hasattr(rule, "rule_at"):
+        return None  # the engine passes a Scheduler's rule at step t instead
+    if not isinstance(rule, COMPILABLE):
+        return None
+    if isinstance(rule, OptimiserChain):
+        parts = [_structure(o) for o in rule.opts]
+        return None if any(p is None for p in parts) else ("chain", *parts)
+    fixed = []
+    for f in dataclasses.fields(rule):
+        v = getattr(rule, f.name)
+        if isinstance(v, bool) or isinstance(v, str):
+            fixed.append((f.name, v))
+    return (type(rule), tuple(fixed))
+
+
+def _as_tensors(rule: Rule) -> Rule:
+    """A copy of ``rule`` whose numeric fields are 0-d float64 tensors (built without
+    ``__init__``: validation already ran on the original)."""
+    if isinstance(rule, OptimiserChain):
+        return OptimiserChain(*[_as_tensors(o) for o in rule.opts])
+    new = object.__new__(type(rule))
+    for f in dataclasses.fields(rule):
+        v = getattr(rule, f.name)
+        if isinstance(v, bool) or isinstance(v, str):
+            pass
+        elif isinstance(v, numbers.Real):
+            v = torch.tensor(float(v), dtype=torch.float64)
+        elif isinstance(v, tuple):
+            v = tuple(torch.tensor(float(a), dtype=torch.float64) for a in v)
+        object.__setattr__(new, f.name, v)
+    return new
+
+
+def _scalar_tensor(v: Any) -> torch.Tensor:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(v)
+    dtype = torch.int64 if isinstance(v, numbers.Integral) else torch.float64
+    return torch.tensor(v, dtype=dtype)
+
+
+def _from_tensor(t: Any, like: Any) -> Any:
+    if like is None:
+        return None
+    value = t.item() if isinstance(t, torch.Tensor) else t
+    return int(value) if isinstance(like, numbers.Integral) else float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+
+
+def _make_kernel(scalar_pos: tuple[int, ...]) -> Any:
+    from .engine import atoms
+
+    def kernel(rule: Rule, state: Any, x: torch.Tensor, dx: torch.Tensor) -> list[Any]:
+        new_state, update = rule.apply(state, x, dx)
+        x.sub_(update)
+        parts = atoms(new_state)
+        return [parts[i] for i in scalar_pos]
+
+    # Each kernel gets its own code object: torch.compile caches (and limits recompiles) per
+    # code object, and every structure is its own kernel.
+    name = f"fluxtrain_kernel_{len(_kernels)}"
+    fresh = types.FunctionType(
+        kernel.__code__.replace(co_name=name), kernel.__globals__, name, None,
+        kernel.__closure__,
+    )  # fmt: skip
+
+    def count_and_compile(gm: Any, example_inputs: Any) -> Any:
+        from torch._inductor.compile_fx import compile_fx
+
+        _compiles[0] += 1
+        return compile_fx(gm, example_inputs)
+
+    return torch.compile(fresh, backend=count_and_compile, dynamic=True, fullgraph=True)
+
+
+def _kernel_for(key: tuple, scalar_pos: tuple[int, ...]) -> Any:
+    k = _kernels.get(key)
+    if k is None:
+        k = _kernels[key] = _make_kernel(scalar_pos)
+    return k
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D tensor over ``t``'s own memory (no copy).  Unlike ``t.view(-1)`` it has no
+    ``_base``, so every parameter, whatever its rank, fits the one compiled kernel (a view
+    would make the compiler specialise on its base's shape)."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+        t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,)
+    )
 
 
 def try_compiled(g: Any) -> bool:
-    return False
+    """Update group ``g`` with its compiled kernel; ``False`` if it should run eagerly."""
+    from .engine import atoms, fill
+
+    if not settings.enabled:
+        return False
+    items = g.items
+    x0 = items[0].x
+    if x0.dtype not in (torch.float32, torch.float64) or x0.device.type not in ("cpu", "cuda"):
+        return False
+    if not all(w.x.is_contiguous() and w.dx.is_contiguous() for w in items):
+        return False
+    total = sum(w.x.numel() for w in items)
+    if total < settings.min_numel:
+        return False
+    rule = g.rule
+    leaf_state = items[0].leaf.state
+    scheduled = hasattr(rule, "rule_at") and isinstance(leaf_state, tuple)
+    if scheduled:
+        rule, leaf_state = rule.rule_at(leaf_state[0]), leaf_state[1]
+    structure = _structure(rule)
+    if structure is None:
+        return False
+    template = atoms(leaf_state)
+    scalar_pos = tuple(i for i, a in enumerate(template) if not isinstance(a, torch.Tensor))
+    if any(template[i] is not None and not isinstance(template[i], numbers.Real)
+           for i in scalar_pos):  # fmt: skip
+        return False
+    key = (structure, x0.dtype, x0.device.type, len(template), scalar_pos)
+    if key in _failed:
+        return False
+    kernel = _kernel_for(key, scalar_pos)
+    hyper = _as_tensors(rule)
+    scalars = {i: _scalar_tensor(template[i]) for i in scalar_pos if template[i] is not None}
+
+    def call(state_parts: list[Any], x: torch.Tensor, dx: torch.Tensor) -> list[Any]:
+        parts = [scalars.get(i, a) if i in scalar_pos else a for i, a in enumerate(state_parts)]
+        return kernel(hyper, fill(leaf_state, parts), x, dx)
+
+    def inner(w: Any) -> Any:
+        return w.leaf.state[1] if scheduled else w.leaf.state
+
+    big = [w for w in items if w.x.numel() >= settings.big_numel]
+    small = [w for w in items if w.x.numel() < settings.big_numel]
+    if sum(w.x.numel() for w in small) < 2:
+        big, small = items, []  # a lone tiny tensor would make dynamic shapes specialise
+    outs = None
+    first = True
+    for w in big:
+        parts = [_flat(a) if isinstance(a, torch.Tensor) else a for a in atoms(inner(w))]
+        try:
+            got = call(parts, _flat(w.x), _flat(w.dx))
+        except Exception as e:
+            if not first:
+                raise
+            _failed.add(key)
+            warnings.warn(
+                f"fluxtrain could not compile {type(rule).__name__}'s maths ({type(e).__name__}: "
+                f"{str(e)[:200]}); it runs eagerly instead",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return False
+        first = False
+        outs = got if outs is None else outs
+    if small:
+        outs_small = _run_gathered(small, inner, call)
+        outs = outs_small if outs is None else outs
+    new_scalars = {i: _from_tensor(v, template[i]) for i, v in zip(scalar_pos, outs)}
+    for w in items:
+        parts = list(atoms(inner(w)))
+        for i, v in new_scalars.items():
+            parts[i] = v
+        new = fill(leaf_state, parts)
+        w.leaf.state = (w.leaf.state[0] + 1, new) if scheduled else new
+    return True
+
+
+def _run_gathered(items: list[Any], inner: Any, call: Any) -> list[Any]:
+    from .engine import atoms
+
+    per_leaf = [atoms(inner(w)) for w in items]
+    slots = [i for i, a in enumerate(per_leaf[0]) if isinstance(a, torch.Tensor)]
+    parts = list(per_leaf[0])
+    for i in slots:
+        parts[i] = torch.cat([p[i].reshape(-1) for p in per_leaf])
+    x = torch.cat([w.x.reshape(-1) for w in items])
+    dx = torch.cat([w.dx.reshape(-1) for w in items])
+    got = call(parts, x, dx)
+    sizes = [w.x.numel() for w in items]
+    outs = [w.x for w in items]
+    ins = [v.view(w.x.shape) for v, w in zip(x.split(sizes), items)]
+    for i in slots:
+        outs += [p[i] for p in per_leaf]
+        ins += [v.view(p[i].shape) for v, p in zip(parts[i].split(sizes), per_leaf)]
+    torch._foreach_copy_(outs, ins)
+    return got
