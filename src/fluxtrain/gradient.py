@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .mode import differentiating
+from .optimisers.state import unwrap
 from .tree import children, is_trainable_tensor, make_node, rebuild
 
 __all__ = ["gradient", "pullback", "withgradient"]
@@ -140,9 +141,9 @@ def _backward(
     else:
         raw = (None,) * len(inputs.tensors)
     by_id = {key: raw[i] for key, i in inputs.slot.items()}
-    # A DistributedDataParallel model's gradient mirrors the inner model (as its optimiser
-    # state does): no ``module`` level.
-    return tuple(_gradient_tree(a.module if isinstance(a, _DDP) else a, by_id) for a in args)
+    # A model wrapped by DistributedDataParallel, DataParallel or torch.compile has the gradient
+    # of the model inside (as its optimiser state does): no ``module`` or ``_orig_mod`` level.
+    return tuple(_gradient_tree(unwrap(a), by_id) for a in args)
 
 
 _DDP = nn.parallel.DistributedDataParallel
