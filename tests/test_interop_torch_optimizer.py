@@ -302,3 +302,13 @@ def test_a_model_without_parameters_or_a_non_rule_is_a_clear_error():
         ft.TorchOptimizer(torch.nn.ReLU(), ft.Adam())
     with pytest.raises(TypeError, match="needs a rule"):
         ft.TorchOptimizer(_model(), "adam")
+
+
+def test_a_deep_copy_is_an_independent_optimizer_over_the_copied_model():
+    model = _model()
+    opt = ft.TorchOptimizer(model, ft.Adam(0.1))
+    twin = copy.deepcopy(opt)
+    twin.param_groups[0]["lr"] = 0.5
+    assert opt.opt_state[0].weight.rule.eta == 0.1
+    assert twin.opt_state[0].weight.rule.eta == 0.5
+    assert twin.model is not model and twin.param_groups[0]["params"][0] is twin.model[0].weight

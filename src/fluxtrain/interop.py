@@ -153,9 +153,6 @@ class _Group(dict):
             self[key] = default
         return self[key]
 
-    def __reduce__(self):
-        return (dict, (dict(self),))
-
 
 class _Core:
     """Everything mutable of a TorchOptimizer, in one object that every view of it shares.
