@@ -312,3 +312,16 @@ def test_a_deep_copy_is_an_independent_optimizer_over_the_copied_model():
     assert opt.opt_state[0].weight.rule.eta == 0.1
     assert twin.opt_state[0].weight.rule.eta == 0.5
     assert twin.model is not model and twin.param_groups[0]["params"][0] is twin.model[0].weight
+
+
+def test_state_dict_carries_frozen_flags_and_split_groups_into_a_fresh_optimizer():
+    model = _model()
+    st = ft.setup(ft.Momentum(0.1), model)
+    ft.adjust_(st[2], 0.5)
+    ft.freeze_(st[0].bias)
+    opt = ft.TorchOptimizer(model, st)
+    fresh = ft.TorchOptimizer(copy.deepcopy(model), ft.Momentum(0.1))
+    with pytest.warns(UserWarning, match="changed from 1 to 2"):
+        fresh.load_state_dict(opt.state_dict())
+    assert [g["lr"] for g in fresh.param_groups] == [0.1, 0.5]
+    assert [leaf.frozen for leaf in ft.leaves(fresh.opt_state)] == [False, True, False, False]
