@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .optimisers import Leaf, Rule, adjust_, setup, update_
+from .optimisers import Leaf, Rule, adjust_, leaves, setup, update_
 from .optimisers.state import unwrap
 from .tree import KeyPath, children
 
@@ -311,7 +311,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             opt_state = setup(rule_or_state, model)
         else:
             opt_state = rule_or_state
-            if not any(True for _ in _iter_leaves(opt_state)):
+            if next(leaves(opt_state), None) is None:
                 raise TypeError(
                     f"TorchOptimizer needs a rule such as ft.AdamW(1e-3) or a state tree from "
                     f"ft.setup, got {type(rule_or_state).__name__}"
@@ -490,12 +490,6 @@ class TorchOptimizer(torch.optim.Optimizer):
             n = len(g["params"])
             lines.append(f"  group {i}: {n} parameter(s), {g._leaves[0].rule!r}")
         return "\n".join([*lines, ")"])
-
-
-def _iter_leaves(tree: Any) -> Iterator[Leaf]:
-    from .optimisers import leaves
-
-    return leaves(tree)
 
 
 def _check_state_dict(state_dict: Any, n: int) -> tuple[list[dict], dict]:
