@@ -32,5 +32,6 @@ from . import callbacks as callbacks
 from .checkpoint import *  # noqa: F403
 from .distributed import *  # noqa: F403
 from .precision import *  # noqa: F403
+from .interop import *  # noqa: F403
 
 __version__ = "0.1.0"

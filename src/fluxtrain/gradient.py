@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .mode import differentiating
+from .optimisers.state import unwrap
 from .tree import children, is_trainable_tensor, make_node, rebuild
 
 __all__ = ["gradient", "pullback", "withgradient"]
@@ -127,8 +128,11 @@ def _backward(
 ) -> tuple:
     if isinstance(loss, torch.Tensor) and loss.requires_grad and inputs.tensors:
         grad_output = None if seed is None else torch.as_tensor(seed, dtype=loss.dtype)
-        if any(isinstance(a, _DDP) for a in args):
-            raw = _backward_through_ddp(loss, inputs.tensors, grad_output, retain)
+        sharded = any(_sharded(a) for a in args)
+        if sharded or any(isinstance(a, _DDP) for a in args):
+            raw = _backward_through_ddp(
+                loss, inputs.tensors, grad_output, retain, restrict=not sharded
+            )
         else:
             raw = torch.autograd.grad(
                 loss,
@@ -140,24 +144,51 @@ def _backward(
     else:
         raw = (None,) * len(inputs.tensors)
     by_id = {key: raw[i] for key, i in inputs.slot.items()}
-    # A DistributedDataParallel model's gradient mirrors the inner model (as its optimiser
-    # state does): no ``module`` level.
-    return tuple(_gradient_tree(a.module if isinstance(a, _DDP) else a, by_id) for a in args)
+    # A model wrapped by DistributedDataParallel, DataParallel or torch.compile has the gradient
+    # of the model inside (as its optimiser state does): no ``module`` or ``_orig_mod`` level.
+    return tuple(_gradient_tree(unwrap(a), by_id) for a in args)
 
 
 _DDP = nn.parallel.DistributedDataParallel
+_FSDP: tuple[type, ...] | None = None
+
+
+def _sharded(a: Any) -> bool:
+    """True for a model sharded by FSDP (``FullyShardedDataParallel`` or ``fully_shard``): its
+    parameters receive gradients only in FSDP's backward hooks."""
+    global _FSDP
+    if not isinstance(a, nn.Module):
+        return False
+    if _FSDP is None:
+        try:
+            from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+        except ImportError:  # a torch built without distributed support
+            _FSDP = ()
+        else:
+            _FSDP = (FSDPModule, FullyShardedDataParallel)
+    return isinstance(a, _FSDP)
 
 
 def _backward_through_ddp(
-    loss: torch.Tensor, tensors: list[torch.Tensor], seed: Any, retain: bool
+    loss: torch.Tensor,
+    tensors: list[torch.Tensor],
+    seed: Any,
+    retain: bool,
+    restrict: bool = True,
 ) -> tuple:
     """Gradients via ``backward`` (DDP averages over ranks in its hooks on ``.grad``, which
-    ``torch.autograd.grad`` never runs); the tensors' own ``.grad`` is left as it was."""
+    ``torch.autograd.grad`` never runs); the tensors' own ``.grad`` is left as it was.
+
+    FSDP's parameters are not the tensors its forward differentiates (it gathers them first),
+    so for a sharded model backward is not restricted to ``tensors`` (``restrict=False``).
+    """
     saved = [t.grad for t in tensors]
     for t in tensors:
         t.grad = None
     try:
-        torch.autograd.backward(loss, grad_tensors=seed, retain_graph=retain, inputs=tensors)
+        torch.autograd.backward(
+            loss, grad_tensors=seed, retain_graph=retain, inputs=tensors if restrict else None
+        )
         return tuple(t.grad for t in tensors)
     finally:
         for t, g in zip(tensors, saved):

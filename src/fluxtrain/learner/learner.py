@@ -183,13 +183,18 @@ class Learner:
     Args:
         model: a ``torch.nn.Module`` or any model tree; for several models (GANs) a dict or
             named tuple such as ``{"generator": g, "critic": c}``.
-        lossfn: ``lossfn(ys_pred, ys) -> scalar`` (Flux's argument order, ``ŷ`` first).
+        lossfn: ``lossfn(ys_pred, ys) -> scalar`` (Flux's argument order, ``ŷ`` first); or
+            ``None`` to take the loss from the model's output (``out.loss``, as Hugging Face
+            models return it when the batch has ``"labels"``).
         optimizer: an optimisation rule (default ``ft.Adam()``), set up as
             ``learner.opt_state = ft.setup(optimizer, model)``; or an already set-up state.
         callbacks: callback instances; ``None`` gives the defaults (``ProgressBar``,
             ``MetricsPrinter``, ``StopOnNaNLoss``, ``Recorder``, ``Metrics``), ``[]`` none.
         data: ``(train, valid)`` or ``train`` alone: iterables of ``(xs, ys)`` batches (a
-            DataLoader, or a list of batches, which alone is training data).
+            DataLoader, or a list of batches, which alone is training data).  A batch may also
+            be a dict: the model is called as ``model(**batch)`` and ``ys`` is
+            ``batch["labels"]``.  When the model returns a dict or a transformers
+            ``ModelOutput``, ``ys_pred`` (what ``lossfn`` and metrics read) is its ``logits``.
         autocast: a dtype such as ``torch.bfloat16`` to run forward and loss under
             ``torch.autocast``; ``None`` (default) for full precision.
 
@@ -213,7 +218,7 @@ class Learner:
     def __init__(
         self,
         model: Any,
-        lossfn: Callable[[Any, Any], Any],
+        lossfn: Callable[[Any, Any], Any] | None = None,
         optimizer: Any = None,
         callbacks: Iterable[Callback] | None = None,
         data: Any = None,
@@ -223,7 +228,7 @@ class Learner:
             raise TypeError(
                 f"autocast must be a torch dtype such as torch.bfloat16, got {autocast!r}"
             )
-        if not callable(lossfn):
+        if lossfn is not None and not callable(lossfn):
             raise TypeError(f"lossfn must be callable as lossfn(ys_pred, ys), got {lossfn!r}")
         self.model = model
         self.lossfn = lossfn

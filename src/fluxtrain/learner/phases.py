@@ -13,7 +13,7 @@ dispatch to the phase.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -125,6 +125,10 @@ class AbstractValidationPhase(Phase):
 
 
 def _pair(batch: Any, phase: Phase) -> tuple[Any, Any]:
+    """``(xs, ys)`` of a batch: a pair as it is; a dict (Hugging Face style) is ``xs`` whole,
+    with its ``"labels"`` (or ``None``) as ``ys``."""
+    if isinstance(batch, Mapping):
+        return batch, batch.get("labels")
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
     what = (
@@ -133,8 +137,8 @@ def _pair(batch: Any, phase: Phase) -> tuple[Any, Any]:
         else f"a {type(batch).__name__}"
     )
     raise TypeError(
-        f"{type(phase).__name__} takes batches that are pairs (xs, ys), got {what}; for other "
-        f"batch layouts subclass {type(phase).__name__} and override step(self, learner, batch)"
+        f"{type(phase).__name__} takes batches that are pairs (xs, ys), got {what} (a dict "
+        f"batch is also taken, as model(**batch)); for other batch layouts subclass {type(phase).__name__} and override step(self, learner, batch)"
     )
 
 
@@ -143,6 +147,8 @@ def autocast_context(learner: Any, xs: Any) -> contextlib.AbstractContextManager
     dtype = getattr(learner, "autocast", None)
     if dtype is None:
         return contextlib.nullcontext()
+    if isinstance(xs, Mapping):
+        xs = next((v for v in xs.values() if isinstance(v, torch.Tensor)), None)
     device = xs.device.type if isinstance(xs, torch.Tensor) else "cpu"
     return torch.autocast(device_type=device, dtype=dtype)
 
@@ -151,12 +157,46 @@ def _detached(x: Any) -> Any:
     return x.detach() if isinstance(x, torch.Tensor) else x
 
 
+def forward(model: Any, xs: Any, keywords: bool) -> Any:
+    """``model(**xs)`` when the batch was a dict (the keyword arguments of a Hugging Face
+    model), ``model(xs)`` otherwise (also when the ``xs`` of a pair is a dict)."""
+    if keywords and isinstance(xs, Mapping):
+        return model(**xs)
+    return model(xs)
+
+
+def prediction(out: Any) -> Any:
+    """What ``lossfn`` and metrics read as ``ys_pred``: the ``logits`` of an output that is a
+    dict or a transformers ``ModelOutput`` (a dict too), else the output itself."""
+    if isinstance(out, Mapping) and "logits" in out:
+        return out["logits"]
+    return out
+
+
+def compute_loss(learner: Any, out: Any, state: StepState) -> Any:
+    """``lossfn(ys_pred, ys)``, or with ``lossfn=None`` the model output's own ``loss``."""
+    if learner.lossfn is not None:
+        return learner.lossfn(state.ys_pred, state.ys)
+    loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
+    if loss is None:
+        raise ValueError(
+            f"the Learner has no lossfn, so the loss must come from the model's output, but the "
+            f"{type(out).__name__} it returned has no 'loss' (a Hugging Face model computes one "
+            f"when the batch has 'labels'); give the Learner a lossfn(ys_pred, ys)"
+        )
+    return loss
+
+
 class TrainingPhase(AbstractTrainingPhase):
     """The supervised training step (FluxTraining.jl ``TrainingPhase``).
 
     For a batch ``(xs, ys)``: ``StepBegin``; forward ``ys_pred = model(xs)``; ``LossBegin``;
     ``loss = lossfn(ys_pred, ys)``; ``BackwardBegin``; ``grads = ft.gradient(...)``;
     ``BackwardEnd``; ``ft.update_(learner.opt_state, learner.model, grads)``; ``StepEnd``.
+    A dict batch (Hugging Face style) is ``xs`` whole, the model is called as ``model(**xs)``
+    and ``ys`` is ``xs["labels"]`` (the ``xs`` of a pair is passed as one argument even when it
+    is a dict); an output that is a dict or a ``ModelOutput`` gives its
+    ``logits`` as ``ys_pred``; with ``lossfn=None`` the loss is the output's ``loss``.
     Forward and loss run under ``torch.autocast`` when the learner has ``autocast`` set.
     ``loss`` and ``ys_pred`` are stored detached once the gradient is taken.
 
@@ -171,15 +211,17 @@ class TrainingPhase(AbstractTrainingPhase):
 
     def step(self, learner: Any, batch: Any) -> StepState:
         xs, ys = _pair(batch, self)
+        keywords = isinstance(batch, Mapping)
         if isinstance(learner.model, nn.Module):
-            return runstep(_module_step(learner), learner, self, {"xs": xs, "ys": ys})
+            return runstep(_module_step(learner, keywords), learner, self, {"xs": xs, "ys": ys})
 
         def run(handle: Handle, state: StepState) -> None:
             def loss_of(model: Any) -> Any:
                 with autocast_context(learner, state.xs):
-                    state.ys_pred = model(state.xs)
+                    out = forward(model, state.xs, keywords)
+                    state.ys_pred = prediction(out)
                     handle(LossBegin())
-                    state.loss = learner.lossfn(state.ys_pred, state.ys)
+                    state.loss = compute_loss(learner, out, state)
                 handle(BackwardBegin())
                 return state.loss
 
@@ -192,7 +234,7 @@ class TrainingPhase(AbstractTrainingPhase):
         return runstep(run, learner, self, {"xs": xs, "ys": ys})
 
 
-def _module_step(learner: Any) -> Any:
+def _module_step(learner: Any, keywords: bool = False) -> Any:
     """The same step for a Module, with the gradient going through ``.grad``.
 
     It fires the same events and leaves the same state (``state.grads`` is the gradient tree
@@ -206,9 +248,10 @@ def _module_step(learner: Any) -> Any:
         for p in params:
             p.grad = None
         with torch.enable_grad(), differentiating(), autocast_context(learner, state.xs):
-            state.ys_pred = learner.model(state.xs)
+            out = forward(learner.model, state.xs, keywords)
+            state.ys_pred = prediction(out)
             handle(LossBegin())
-            state.loss = learner.lossfn(state.ys_pred, state.ys)
+            state.loss = compute_loss(learner, out, state)
         handle(BackwardBegin())
         loss, _ = _split_output(state.loss)
         if isinstance(loss, torch.Tensor) and loss.requires_grad:
@@ -241,12 +284,14 @@ class ValidationPhase(AbstractValidationPhase):
 
     def step(self, learner: Any, batch: Any) -> StepState:
         xs, ys = _pair(batch, self)
+        keywords = isinstance(batch, Mapping)
 
         def run(handle: Handle, state: StepState) -> None:
             with torch.no_grad(), autocast_context(learner, state.xs):
-                state.ys_pred = learner.model(state.xs)
+                out = forward(learner.model, state.xs, keywords)
+                state.ys_pred = prediction(out)
                 handle(LossBegin())
-                state.loss = learner.lossfn(state.ys_pred, state.ys)
+                state.loss = compute_loss(learner, out, state)
 
         return runstep(run, learner, self, {"xs": xs, "ys": ys})
 
