@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
+import pytest
 import torch
 import torch.nn.functional as F
 
 import fluxtrain as ft
-from fluxtrain.callbacks import Metric, Metrics
+from fluxtrain.callbacks import Accuracy, Metric, Metrics, MetricsPrinter
 
 
 def regression_data(n=4, bs=8, seed=0):
@@ -22,8 +25,12 @@ def linear_learner(*callbacks, **kwargs):
     torch.manual_seed(0)
     data = regression_data()
     return ft.Learner(
-        torch.nn.Linear(2, 1), F.mse_loss, ft.Descent(0.01), callbacks=list(callbacks),
-        data=(data, data), **kwargs,
+        torch.nn.Linear(2, 1),
+        F.mse_loss,
+        ft.Descent(0.01),
+        callbacks=list(callbacks),
+        data=(data, data),
+        **kwargs,
     )
 
 
@@ -63,9 +70,81 @@ def test_a_metric_phase_matches_subclasses_of_the_given_phase_class():
 
 
 def test_a_metric_phase_must_be_a_phase_class():
-    import pytest
-
     with pytest.raises(TypeError, match=r"phase=ValidationPhase\(\).*class"):
         Metric(F.l1_loss, phase=ft.ValidationPhase())
-    with pytest.raises(TypeError, match="subclass of ft.Phase"):
+    with pytest.raises(TypeError, match=r"subclass of ft\.Phase"):
         Metric(F.l1_loss, phase=int)
+
+
+# ---------------------------------------------------------------------------------------------
+# MetricsPrinter: one row per epoch by default, the boxed tables as an option
+
+
+def test_the_default_metrics_printer_prints_a_header_and_one_row_per_epoch():
+    out = io.StringIO()
+    learner = linear_learner(Metrics(Accuracy(phase=ft.ValidationPhase)), MetricsPrinter(file=out))
+    ft.fit_(learner, 3)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4  # the header, then one row per epoch (training and validation)
+    assert lines[0].split() == [
+        "epoch",
+        "train",
+        "Loss",
+        "valid",
+        "Loss",
+        "valid",
+        "Accuracy",
+        "time",
+    ]
+    rows = [ln.split() for ln in lines[1:]]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    train = learner.cbstate.metrics_epoch[ft.TrainingPhase()]["Loss"]
+    valid = learner.cbstate.metrics_epoch[ft.ValidationPhase()]["Loss"]
+    assert [float(r[1]) for r in rows] == pytest.approx(train, abs=1e-4)
+    assert [float(r[2]) for r in rows] == pytest.approx(valid, abs=1e-4)
+    assert all(r[4].endswith("s") for r in rows)
+
+
+def test_a_new_fit_prints_the_header_again_and_time_can_be_left_out():
+    out = io.StringIO()
+    learner = linear_learner(Metrics(), MetricsPrinter(file=out, time=False))
+    ft.fit_(learner, 1)
+    ft.fit_(learner, 1)
+    lines = out.getvalue().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["epoch", "1", "epoch", "2"]
+    assert "time" not in lines[0]
+
+
+def test_a_phase_epoch_run_alone_gets_its_own_row():
+    out = io.StringIO()
+    learner = linear_learner(Metrics(), MetricsPrinter(file=out, time=False))
+    ft.epoch_(learner, ft.ValidationPhase(), regression_data())
+    assert out.getvalue().splitlines()[0].split() == ["epoch", "valid", "Loss"]
+    assert out.getvalue().splitlines()[1].split()[0] == "1"
+
+
+def test_a_fit_stopped_after_training_still_prints_that_epochs_row():
+    class StopAfterTraining(ft.Callback):
+        handles = (ft.EpochEnd,)
+
+        def on(self, event, phase, learner):
+            if isinstance(phase, ft.TrainingPhase):
+                raise ft.CancelFittingException("enough")
+
+    out = io.StringIO()
+    learner = linear_learner(Metrics(), MetricsPrinter(file=out, time=False), StopAfterTraining())
+    ft.fit_(learner, 3)
+    assert [ln.split() for ln in out.getvalue().splitlines()][1][0] == "1"
+    assert len(out.getvalue().splitlines()) == 2
+
+
+def test_the_boxed_printer_is_an_option_printing_a_table_per_phase_epoch():
+    out = io.StringIO()
+    learner = linear_learner(Metrics(), MetricsPrinter(file=out, style="boxed"))
+    ft.fit_(learner, 2)
+    lines = out.getvalue().splitlines()
+    rows = [ln for ln in lines if ln.startswith("│") and "Loss" not in ln]
+    assert [r.split("│")[1].strip() for r in rows] == ["TrainingPhase", "ValidationPhase"] * 2
+    assert [r.split("│")[2].strip() for r in rows] == ["1", "1", "2", "2"]
+    with pytest.raises(ValueError, match=r"'row'.*'boxed'"):
+        MetricsPrinter(style="box")

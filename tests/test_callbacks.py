@@ -305,16 +305,6 @@ def test_progress_bar_draws_each_epoch_with_the_smoothed_loss():
     assert bar._bar is None  # closed at the end
 
 
-def test_metrics_printer_prints_one_table_per_phase_epoch():
-    out = io.StringIO()
-    learner = coeff_learner(Metrics(), MetricsPrinter(file=out), data=coeff_data(2))
-    ft.fit_(learner, 2)
-    lines = out.getvalue().splitlines()
-    rows = [ln for ln in lines if ln.startswith("│") and "Loss" not in ln]
-    assert [r.split("│")[1].strip() for r in rows] == ["TrainingPhase", "ValidationPhase"] * 2
-    assert [r.split("│")[2].strip() for r in rows] == ["1", "1", "2", "2"]
-
-
 def test_csv_and_json_lines_loggers_append_epoch_rows(tmp_path):
     learner = coeff_learner(
         Metrics(),
