@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import pytest
@@ -148,3 +149,53 @@ def test_the_boxed_printer_is_an_option_printing_a_table_per_phase_epoch():
     assert [r.split("│")[2].strip() for r in rows] == ["1", "1", "2", "2"]
     with pytest.raises(ValueError, match=r"'row'.*'boxed'"):
         MetricsPrinter(style="box")
+
+
+# ---------------------------------------------------------------------------------------------
+# Default callbacks are added unless one of the same class is given
+
+
+def test_early_stopping_alone_gets_the_default_metrics_it_watches():
+    learner = linear_learner(ft.callbacks.EarlyStopping(1))
+    learner.lossfn = lambda yp, y: F.mse_loss(yp, y) + learner.epoch  # validation loss rises
+    with contextlib.redirect_stdout(io.StringIO()):
+        ft.fit_(learner, 5)
+    assert isinstance(learner.stop_reason, ft.CancelFittingException)
+    assert learner.epoch == 1  # stopped in the second epoch, after one without improvement
+    assert learner.get_callback(Metrics) is not None
+
+
+def test_a_given_callback_replaces_the_default_of_its_class_and_the_others_are_added():
+    mine = Metrics(Accuracy())
+    learner = linear_learner(mine)
+    names = sorted(type(cb).__name__ for cb in learner.callbacks)
+    assert names == ["Metrics", "MetricsPrinter", "ProgressBar", "Recorder", "StopOnNaNLoss"]
+    assert learner.get_callback(Metrics) is mine
+    defaults = [type(cb) for cb in ft.callbacks.default_callbacks()]
+    assert set(defaults) == {type(cb) for cb in learner.callbacks}
+
+
+def test_a_subclass_or_a_wrapper_of_a_default_counts_as_that_default():
+    class MyPrinter(MetricsPrinter):
+        pass
+
+    learner = linear_learner(MyPrinter(), ft.callbacks.Throttle(ft.callbacks.Recorder(), every=2))
+    names = sorted(type(cb).__name__ for cb in learner.callbacks)
+    assert names == ["Metrics", "MyPrinter", "ProgressBar", "StopOnNaNLoss", "Throttle"]
+
+
+def test_usedefaultcallbacks_false_gives_exactly_the_given_callbacks():
+    mine = ft.callbacks.Recorder()
+    assert linear_learner(mine, usedefaultcallbacks=False).callbacks == (mine,)
+    assert linear_learner(usedefaultcallbacks=False).callbacks == ()
+    assert len(linear_learner().callbacks) == 5
+
+
+def test_a_callback_clashing_with_a_default_names_the_way_out():
+    class MyHistory(ft.Callback):
+        writes = ("cbstate.history",)
+
+    with pytest.raises(ft.CallbackOrderError) as info:
+        linear_learner(MyHistory())
+    assert "usedefaultcallbacks=False" in "".join(info.value.__notes__)
+    assert linear_learner(MyHistory(), usedefaultcallbacks=False).callbacks[0].writes

@@ -54,7 +54,12 @@ def coeff_learner(*callbacks, data=None, rule=None, w0=0.0):
         model.weight.fill_(w0)
     data = coeff_data() if data is None else data
     return ft.Learner(
-        model, F.l1_loss, rule or ft.Descent(0.001), callbacks=list(callbacks), data=(data, data)
+        model,
+        F.l1_loss,
+        rule or ft.Descent(0.001),
+        callbacks=list(callbacks),
+        data=(data, data),
+        usedefaultcallbacks=False,
     )
 
 
@@ -420,7 +425,12 @@ def test_to_device_moves_batches_and_model_once_and_keeps_the_optimiser_state():
     )
     model = torch.nn.Linear(1, 1, bias=False)
     learner = ft.Learner(
-        model, F.l1_loss, ft.Momentum(0.001), callbacks=[spy, ToDevice("cpu")], data=coeff_data(2)
+        model,
+        F.l1_loss,
+        ft.Momentum(0.001),
+        callbacks=[spy, ToDevice("cpu")],
+        data=coeff_data(2),
+        usedefaultcallbacks=False,
     )
     assert [type(cb).__name__ for cb in learner.callbacks] == ["ToDevice", "CustomCallback"]
     ft.fit_(learner, 1)

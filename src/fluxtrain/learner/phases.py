@@ -281,7 +281,8 @@ def epoch_(learner: Any, phase: Phase, dataiter: Iterable[Any] | None = None) ->
 
     Example:
         >>> import torch, fluxtrain as ft
-        >>> learner = ft.Learner(torch.nn.Linear(2, 1), torch.nn.functional.mse_loss, callbacks=[])
+        >>> learner = ft.Learner(torch.nn.Linear(2, 1), torch.nn.functional.mse_loss,
+        ...                      usedefaultcallbacks=False)
         >>> data = [(torch.ones(3, 2), torch.zeros(3, 1))] * 4
         >>> ft.epoch_(learner, ft.TrainingPhase(), data)
         >>> learner.step.loss.shape

@@ -250,7 +250,8 @@ class Metrics(Callback):
         >>> import torch, fluxtrain as ft
         >>> data = [(torch.randn(8, 2), torch.randn(8, 1))] * 3
         >>> learner = ft.Learner(torch.nn.Linear(2, 1), torch.nn.functional.mse_loss,
-        ...                      callbacks=[ft.callbacks.Metrics()], data=data)
+        ...                      callbacks=[ft.callbacks.Metrics()], data=data,
+        ...                      usedefaultcallbacks=False)
         >>> _ = ft.fit_(learner, 2)
         >>> h = learner.cbstate.metrics_epoch[ft.TrainingPhase()]
         >>> h.names(), h.steps("Loss")
