@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
+import os
+import pty
+import struct
+import termios
+import threading
+import warnings
 
 import pytest
 import torch
@@ -199,3 +206,110 @@ def test_a_callback_clashing_with_a_default_names_the_way_out():
         linear_learner(MyHistory())
     assert "usedefaultcallbacks=False" in "".join(info.value.__notes__)
     assert linear_learner(MyHistory(), usedefaultcallbacks=False).callbacks[0].writes
+
+
+# ---------------------------------------------------------------------------------------------
+# The callbacks behave the same whether or not stderr is a terminal
+
+
+class Terminal:
+    """A pseudo-terminal standing in for stderr: ``isatty()`` is true, as in a real shell."""
+
+    END = b"<end of test output>"
+
+    def __init__(self):
+        self.master, slave = pty.openpty()
+        # 24 rows of 120 columns: a new pty is 0 x 0, which tqdm would fill with nothing
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+        self.file = os.fdopen(slave, "w", buffering=1, encoding="utf-8")
+        self.chunks: list[bytes] = []
+        self.text = ""
+        self.done = threading.Event()
+        # Read all along: a pty holds only a few kilobytes before writes block.
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        seen = b""
+        while not self.done.is_set():
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:
+                break
+            self.chunks.append(chunk)
+            seen = (seen + chunk)[-2 * len(self.END) :]
+            if self.END in seen:
+                break
+        self.done.set()
+
+    def close(self) -> None:
+        """Drain the pty into ``self.text``, then close it."""
+        self.file.write(self.END.decode() + "\n")
+        self.file.flush()
+        self.done.wait(timeout=10)
+        self.file.close()
+        os.close(self.master)
+        text = b"".join(self.chunks).decode("utf-8", "replace")
+        self.text = text[: text.rfind(self.END.decode())]
+
+
+@contextlib.contextmanager
+def stderr_as(kind):
+    """sys.stderr as a pseudo-terminal, or as a stream that is not a terminal (a pipe, a log).
+
+    Set inside the test body: pytest puts its own capture back on sys.stderr after fixtures.
+    """
+    if kind == "terminal":
+        term = Terminal()
+        assert term.file.isatty()
+        try:
+            with contextlib.redirect_stderr(term.file):
+                yield term
+        finally:
+            term.close()
+    else:
+        stream = io.StringIO()
+        assert not stream.isatty()
+        with contextlib.redirect_stderr(stream):
+            yield stream
+
+
+@pytest.mark.parametrize("kind", ["terminal", "pipe"])
+def test_progress_bar_without_metrics_trains_the_same_on_a_terminal_and_off_it(kind):
+    with warnings.catch_warnings(record=True) as caught, stderr_as(kind):
+        warnings.simplefilter("always")
+        learner = linear_learner(ft.callbacks.ProgressBar(mininterval=0), usedefaultcallbacks=False)
+        ft.fit_(learner, 2)
+    assert learner.epoch == 2
+    # the declared dependency is the same either way: one warning at construction
+    # the declared dependencies are the same either way: warned about once, at construction
+    assert sorted(str(w.message).split(" but ")[0] for w in caught) == [
+        "ProgressBar() reads learner.cbstate.metrics_epoch",
+        "ProgressBar() reads learner.cbstate.metrics_step",
+    ]
+
+
+def test_progress_bar_on_a_terminal_draws_the_count_without_metrics_and_the_loss_with_them():
+    for callbacks, loss_shown in (([], False), ([Metrics()], True)):
+        with stderr_as("terminal") as term:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ProgressBar without Metrics warns (see above)
+                learner = linear_learner(
+                    ft.callbacks.ProgressBar(mininterval=0), *callbacks, usedefaultcallbacks=False
+                )
+            ft.fit_(learner, 1)
+        text = term.text
+        assert "Epoch 1 TrainingPhase" in text and "4/4" in text
+        assert ("loss=" in text) is loss_shown
+
+
+@pytest.mark.parametrize("kind", ["terminal", "pipe"])
+def test_the_default_callbacks_fit_alike_on_a_terminal_and_off_it(kind):
+    out = io.StringIO()
+    with stderr_as(kind) as err:
+        learner = linear_learner(MetricsPrinter(file=out, time=False))
+        ft.fit_(learner, 2)
+    assert learner.epoch == 2
+    assert [ln.split()[0] for ln in out.getvalue().splitlines()] == ["epoch", "1", "2"]
+    drawn = err.text if kind == "terminal" else err.getvalue()
+    assert ("Epoch 2 ValidationPhase" in drawn) is (kind == "terminal")

@@ -35,7 +35,8 @@ class ProgressBar(Callback):
 
     ``disable=None`` (default) hides it when the output is not a terminal; ``file`` is where
     it is drawn (``sys.stderr`` by default); ``mininterval`` is tqdm's minimum time between
-    redraws in seconds.
+    redraws in seconds.  The loss comes from :class:`Metrics` (a default callback); without
+    it the bar shows the step count alone.
 
     Example:
         >>> from fluxtrain.callbacks import ProgressBar
@@ -63,7 +64,11 @@ class ProgressBar(Callback):
         if isinstance(event, StepEnd):
             bar = self._bar
             if bar is not None and bar.update(1):
-                hist = learner.cbstate.metrics_step.get(phase)
+                # Without Metrics there is no loss to show, only the count: the same callback
+                # must work whether or not stderr is a terminal (when it is not, the bar is off
+                # and this code never runs, so a hard dependency would only fail on a terminal).
+                steps = learner.cbstate.get("metrics_step")
+                hist = None if steps is None else steps.get(phase)
                 if hist is not None:
                     name = "SmoothLoss" if "SmoothLoss" in hist else "Loss"
                     if name in hist:
