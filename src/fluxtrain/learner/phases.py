@@ -19,13 +19,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .. import _losscall
 from ..gradient import _gradient_tree, _split_output, gradient
 from ..mode import differentiating
 from ..optimisers import update_
 from ..optimisers.state import unwrap
 from .control import Handle, runepoch, runstep
 from .events import BackwardBegin, BackwardEnd, LossBegin
-from .exceptions import CancelEpochException, CancelStepException
+from .exceptions import CancelEpochException, CancelStepException, FitException
 from .state import StepState
 
 __all__ = [
@@ -72,8 +73,14 @@ class Phase:
         """Run one epoch: ``step_`` on every batch of ``dataiter`` inside :func:`runepoch`."""
 
         def run(handle: Handle) -> None:
-            for batch in dataiter:
-                step_(learner, self, batch)
+            for i, batch in enumerate(dataiter):
+                try:
+                    step_(learner, self, batch)
+                except FitException:
+                    raise
+                except Exception as e:
+                    e.add_note(_where(learner, self, i))
+                    raise
 
         runepoch(run, learner, self)
 
@@ -122,6 +129,26 @@ class AbstractValidationPhase(Phase):
 
     def dataiter(self, learner: Any) -> Iterable[Any] | None:
         return learner.data.validation
+
+
+def _where(learner: Any, phase: Phase, index: int) -> str:
+    """Which batch an error came from, as a note on the exception."""
+    progress = getattr(learner, "progress", None)
+    epoch = "" if progress is None else f" of epoch {learner.epoch + 1}"
+    return f"(in batch {index + 1} (index {index}) of the {type(phase).__name__} epoch{epoch})"
+
+
+def _lossfn(learner: Any, ys_pred: Any, ys: Any) -> Any:
+    """``learner.lossfn(ys_pred, ys)``, with errors naming the convention and the problem."""
+    try:
+        loss = learner.lossfn(ys_pred, ys)
+    except TypeError as e:
+        # The call itself did not fit the signature: most likely train_'s loss(model, x, y).
+        if _losscall.accepts(learner.lossfn, 2) is False:
+            raise _losscall.learner_convention_error(learner.lossfn) from e
+        raise
+    _losscall.check_scalar(loss, "the loss lossfn(ŷ, y) returned")
+    return loss
 
 
 def _pair(batch: Any, phase: Phase) -> tuple[Any, Any]:
@@ -179,7 +206,7 @@ class TrainingPhase(AbstractTrainingPhase):
                 with autocast_context(learner, state.xs):
                     state.ys_pred = model(state.xs)
                     handle(LossBegin())
-                    state.loss = learner.lossfn(state.ys_pred, state.ys)
+                    state.loss = _lossfn(learner, state.ys_pred, state.ys)
                 handle(BackwardBegin())
                 return state.loss
 
@@ -208,7 +235,7 @@ def _module_step(learner: Any) -> Any:
         with torch.enable_grad(), differentiating(), autocast_context(learner, state.xs):
             state.ys_pred = learner.model(state.xs)
             handle(LossBegin())
-            state.loss = learner.lossfn(state.ys_pred, state.ys)
+            state.loss = _lossfn(learner, state.ys_pred, state.ys)
         handle(BackwardBegin())
         loss, _ = _split_output(state.loss)
         if isinstance(loss, torch.Tensor) and loss.requires_grad:
@@ -246,7 +273,7 @@ class ValidationPhase(AbstractValidationPhase):
             with torch.no_grad(), autocast_context(learner, state.xs):
                 state.ys_pred = learner.model(state.xs)
                 handle(LossBegin())
-                state.loss = learner.lossfn(state.ys_pred, state.ys)
+                state.loss = _lossfn(learner, state.ys_pred, state.ys)
 
         return runstep(run, learner, self, {"xs": xs, "ys": ys})
 
