@@ -208,7 +208,7 @@ class Learner:
             ``learner.opt_state = ft.setup(optimizer, model)``; or an already set-up state.
         callbacks: callback instances.  The learner adds the default callbacks
             (``ProgressBar``, ``MetricsPrinter``, ``StopOnNaNLoss``, ``Recorder``,
-            ``Metrics``: :func:`~fluxtrain.callbacks.default_callbacks`) except those whose
+            ``Metrics``: ``ft.callbacks.default_callbacks()``) except those whose
             class is among the given ones, so ``callbacks=[EarlyStopping(3)]`` still has the
             ``Metrics`` it watches, and ``callbacks=[Metrics(Accuracy())]`` replaces the
             default ``Metrics`` (FluxTraining.jl ``usedefaultcallbacks=true``).

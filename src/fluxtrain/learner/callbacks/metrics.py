@@ -194,7 +194,7 @@ class Accuracy(Metric):
     ``ys_pred`` holds scores with classes along dimension 1; ``ys`` holds integer class labels,
     or one-hot / probability targets of the same shape as ``ys_pred``.  With a single output
     column (binary), a prediction is positive when its score exceeds ``threshold``.
-    ``phase`` limits it to some phases, as for :class:`Metric`.
+    ``phase`` limits it to some phases, as for ``Metric``.
 
     Example:
         >>> import torch

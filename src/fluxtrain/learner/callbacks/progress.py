@@ -35,7 +35,7 @@ class ProgressBar(Callback):
 
     ``disable=None`` (default) hides it when the output is not a terminal; ``file`` is where
     it is drawn (``sys.stderr`` by default); ``mininterval`` is tqdm's minimum time between
-    redraws in seconds.  The loss comes from :class:`Metrics` (a default callback); without
+    redraws in seconds.  The loss comes from ``Metrics`` (a default callback); without
     it the bar shows the step count alone.
 
     Example:
@@ -124,7 +124,7 @@ class MetricsPrinter(Callback):
             1      1.2555          0.6015      0.5531          0.8050   0.3s
             2      0.4302          0.8734      0.3307          0.9025   0.6s
 
-    Within :func:`~fluxtrain.fit_` the row is printed when the epoch's last phase ends (or at
+    Within ``ft.fit_`` the row is printed when the epoch's last phase ends (or at
     ``FitEnd`` if the fit stops earlier); an epoch run alone with ``epoch_`` gets its own row.
     ``style="boxed"`` prints FluxTraining.jl's boxed table for each phase's epoch instead.
     ``file`` is where to print (``sys.stdout`` by default), ``digits`` the decimals shown, and
@@ -184,6 +184,7 @@ class MetricsPrinter(Callback):
         if isinstance(event, FitBegin):
             self._start = _time.perf_counter()
             self._columns = None  # each fit starts with a header
+            self._pending = {}  # left over by a fit that ended in an exception
             return
         if isinstance(event, EpochBegin):
             if self._start is None:
