@@ -99,7 +99,7 @@ def test_learner_with_a_loss_of_model_x_y_says_which_signature_it_needs():
     msg = str(info.value)
     assert "the Learner calls lossfn(ŷ, y)" in msg
     assert "loss (its signature is (model, x, y))" in msg and "ft.train_" in msg
-    assert "(in batch 1 (index 0) of the TrainingPhase epoch of epoch 1)" in info.value.__notes__
+    assert "(in batch 1 (index 0) of TrainingPhase, in epoch 1 of fit_)" in info.value.__notes__
 
 
 def test_learner_accepts_torch_loss_modules_and_two_argument_functions():
@@ -138,7 +138,7 @@ def test_learner_names_the_batch_whose_loss_is_not_a_scalar(phase):
         ft.epoch_(learner, phase, batches((1, 1, 4)))
     assert "lossfn(ŷ, y) returned is a tensor of shape (4, 1), not a scalar" in str(info.value)
     name = type(phase).__name__
-    assert info.value.__notes__[-1] == f"(in batch 3 (index 2) of the {name} epoch)"
+    assert info.value.__notes__[-1] == f"(in batch 3 (index 2) of a {name} epoch)"
 
 
 # ---------------------------------------------------------------------------------------------

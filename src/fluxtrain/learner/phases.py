@@ -133,9 +133,10 @@ class AbstractValidationPhase(Phase):
 
 def _where(learner: Any, phase: Phase, index: int) -> str:
     """Which batch an error came from, as a note on the exception."""
-    progress = getattr(learner, "progress", None)
-    epoch = "" if progress is None else f" of epoch {learner.epoch + 1}"
-    return f"(in batch {index + 1} (index {index}) of the {type(phase).__name__} epoch{epoch})"
+    name = type(phase).__name__
+    if getattr(learner, "progress", None) is None:
+        return f"(in batch {index + 1} (index {index}) of a {name} epoch)"
+    return f"(in batch {index + 1} (index {index}) of {name}, in epoch {learner.epoch + 1} of fit_)"
 
 
 def _lossfn(learner: Any, ys_pred: Any, ys: Any) -> Any:
