@@ -208,6 +208,17 @@ def test_a_callback_clashing_with_a_default_names_the_way_out():
     assert linear_learner(MyHistory(), usedefaultcallbacks=False).callbacks[0].writes
 
 
+def test_a_clash_among_the_given_callbacks_alone_does_not_blame_the_defaults():
+    class MyHistory(ft.Callback):
+        writes = ("cbstate.history",)
+
+    with pytest.raises(ft.CallbackOrderError) as info:
+        linear_learner(MyHistory(), ft.callbacks.Recorder())
+    assert not getattr(info.value, "__notes__", [])
+    with pytest.raises(TypeError, match="usedefaultcallbacks must be True or False"):
+        linear_learner(usedefaultcallbacks="no")
+
+
 # ---------------------------------------------------------------------------------------------
 # The callbacks behave the same whether or not stderr is a terminal
 

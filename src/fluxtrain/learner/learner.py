@@ -162,6 +162,17 @@ def _with_defaults(given: list[Any]) -> tuple[list[Any], list[Callback]]:
     return given + added, added
 
 
+def _orderable(callbacks: list[Any]) -> bool:
+    """Whether ``callbacks`` alone can be ordered (to tell whether a default is in the way)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            order_callbacks(callbacks)
+        except CallbackOrderError:
+            return False
+    return True
+
+
 class _Runner:
     """The callbacks in execution order, each with its guarded view, and per-event tables."""
 
@@ -271,6 +282,10 @@ class Learner:
         self._resume_progress: dict[str, int] | None = None
         self.callbacks: tuple[Callback, ...] = ()
         self._runner = _Runner([], {})
+        if not isinstance(usedefaultcallbacks, bool):
+            raise TypeError(
+                f"usedefaultcallbacks must be True or False, got {usedefaultcallbacks!r}"
+            )
         given = [] if callbacks is None else list(callbacks)
         added: list[Callback] = []
         if usedefaultcallbacks:
@@ -278,7 +293,7 @@ class Learner:
         try:
             self._set_callbacks(given)
         except CallbackOrderError as e:
-            if added:
+            if added and _orderable([cb for cb in given if cb not in added]):
                 e.add_note(
                     f"the learner added the default callbacks {added}; give your own instance "
                     f"of the one in the way, or pass usedefaultcallbacks=False to add none"
