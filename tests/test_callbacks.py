@@ -54,7 +54,12 @@ def coeff_learner(*callbacks, data=None, rule=None, w0=0.0):
         model.weight.fill_(w0)
     data = coeff_data() if data is None else data
     return ft.Learner(
-        model, F.l1_loss, rule or ft.Descent(0.001), callbacks=list(callbacks), data=(data, data)
+        model,
+        F.l1_loss,
+        rule or ft.Descent(0.001),
+        callbacks=list(callbacks),
+        data=(data, data),
+        usedefaultcallbacks=False,
     )
 
 
@@ -305,16 +310,6 @@ def test_progress_bar_draws_each_epoch_with_the_smoothed_loss():
     assert bar._bar is None  # closed at the end
 
 
-def test_metrics_printer_prints_one_table_per_phase_epoch():
-    out = io.StringIO()
-    learner = coeff_learner(Metrics(), MetricsPrinter(file=out), data=coeff_data(2))
-    ft.fit_(learner, 2)
-    lines = out.getvalue().splitlines()
-    rows = [ln for ln in lines if ln.startswith("│") and "Loss" not in ln]
-    assert [r.split("│")[1].strip() for r in rows] == ["TrainingPhase", "ValidationPhase"] * 2
-    assert [r.split("│")[2].strip() for r in rows] == ["1", "1", "2", "2"]
-
-
 def test_csv_and_json_lines_loggers_append_epoch_rows(tmp_path):
     learner = coeff_learner(
         Metrics(),
@@ -430,7 +425,12 @@ def test_to_device_moves_batches_and_model_once_and_keeps_the_optimiser_state():
     )
     model = torch.nn.Linear(1, 1, bias=False)
     learner = ft.Learner(
-        model, F.l1_loss, ft.Momentum(0.001), callbacks=[spy, ToDevice("cpu")], data=coeff_data(2)
+        model,
+        F.l1_loss,
+        ft.Momentum(0.001),
+        callbacks=[spy, ToDevice("cpu")],
+        data=coeff_data(2),
+        usedefaultcallbacks=False,
     )
     assert [type(cb).__name__ for cb in learner.callbacks] == ["ToDevice", "CustomCallback"]
     ft.fit_(learner, 1)

@@ -41,7 +41,7 @@ def test_short_demo_writes_csv_pictures_and_a_loadable_checkpoint(tmp_path, caps
     run = _demo(tmp_path, "--epochs", "3")
     out = capsys.readouterr().out
     assert "final validation accuracy" in out
-    assert "valid acc" in out  # the per-epoch table's header
+    assert "valid Accuracy" in out  # the per-epoch table's header
     for name in RUN_FILES:
         assert (run / name).is_file(), name
 

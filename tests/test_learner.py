@@ -110,7 +110,14 @@ class SeedValidationPhase(ft.AbstractValidationPhase):
 def linear_learner(callbacks=(), rule=None, data=None):
     model = torch.nn.Linear(2, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
-    return ft.Learner(model, mae, rule or ft.Descent(0.1), callbacks=list(callbacks), data=data)
+    return ft.Learner(
+        model,
+        mae,
+        rule or ft.Descent(0.1),
+        callbacks=list(callbacks),
+        data=data,
+        usedefaultcallbacks=False,
+    )
 
 
 def test_seed_plain_step_trains_but_fires_only_epoch_events():
@@ -510,7 +517,7 @@ def test_learner_sets_up_the_rule_and_accepts_an_existing_state():
 def test_default_callbacks_when_none_are_given():
     names = {type(cb).__name__ for cb in ft.Learner(torch.nn.Linear(1, 1), mae).callbacks}
     assert names == {"ProgressBar", "MetricsPrinter", "StopOnNaNLoss", "Recorder", "Metrics"}
-    assert ft.Learner(torch.nn.Linear(1, 1), mae, callbacks=[]).callbacks == ()
+    assert ft.Learner(torch.nn.Linear(1, 1), mae, usedefaultcallbacks=False).callbacks == ()
 
 
 @pytest.mark.parametrize(

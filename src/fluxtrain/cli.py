@@ -21,7 +21,6 @@ import argparse
 import csv
 import dataclasses
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,44 +259,6 @@ def _epoch_rows(learner: Any) -> list[dict[str, float]]:
     return [rows[e] for e in sorted(rows)]
 
 
-def _table_callback() -> Any:
-    """A callback printing one table row per epoch (after validation), header first."""
-    from tqdm.auto import tqdm
-
-    import fluxtrain as ft
-
-    class EpochTable(ft.Callback):
-        reads = ("cbstate.metrics_epoch",)
-        handles = (ft.EpochEnd,)
-
-        def __init__(self) -> None:
-            self.start = time.perf_counter()
-            self.header_done = False
-
-        def on(self, event: Any, phase: Any, learner: Any) -> None:
-            if not isinstance(phase, ft.AbstractValidationPhase):
-                return
-            rows = _epoch_rows(learner)
-            if not rows:
-                return
-            r = rows[-1]
-            if not self.header_done:
-                tqdm.write(
-                    f"{'epoch':>5}  {'train loss':>10}  {'train acc':>9}  "
-                    f"{'valid loss':>10}  {'valid acc':>9}  {'time':>6}"
-                )
-                self.header_done = True
-            nan = float("nan")
-            tqdm.write(
-                f"{int(r['epoch']):>5}  {r.get('train_loss', nan):>10.4f}  "
-                f"{r.get('train_accuracy', nan):>9.2%}  {r.get('valid_loss', nan):>10.4f}  "
-                f"{r.get('valid_accuracy', nan):>9.2%}  "
-                f"{time.perf_counter() - self.start:>5.1f}s"
-            )
-
-    return EpochTable()
-
-
 def run_demo(args: argparse.Namespace) -> DemoResult:
     """Train the demo CNN as ``args`` say, print the table, write the run folder."""
     import torch
@@ -336,7 +297,7 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
             ft.callbacks.Metrics(ft.callbacks.Accuracy()),
             ft.callbacks.Recorder(),
             ft.callbacks.StopOnNaNLoss(),
-            _table_callback(),
+            ft.callbacks.MetricsPrinter(),
         ]
         learner = ft.Learner(
             model, ft.losses.logitcrossentropy, rule, callbacks=callbacks, data=(train, valid)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import _losscall
 from .gradient import _split_output, withgradient
 from .mode import _DIFFERENTIATING
 from .optimisers.rules import Rule
@@ -62,6 +63,30 @@ def _arguments(d: Any) -> tuple:
 
 def _loss_value(val: Any) -> float:
     return val[0] if isinstance(val, tuple) else val
+
+
+def _call_loss(loss: Callable[..., Any], model: Any, args: tuple, index: int) -> Any:
+    """``loss(model, *args)`` for data item ``index``, with errors that say what was wrong."""
+    try:
+        out = loss(model, *args)
+    except TypeError as e:
+        # The call itself did not fit the signature: most likely a loss of (ŷ, y).
+        if _losscall.accepts(loss, len(args) + 1) is False:
+            raise _losscall.train_convention_error(loss, len(args) + 1) from e
+        raise
+    _losscall.check_scalar(out, f"the loss at data item {index + 1} (index {index})")
+    return out
+
+
+def _warn_no_gradient(index: int) -> None:
+    warnings.warn(
+        f"train_: the loss at data item {index + 1} (index {index}) does not depend on any "
+        f"trainable parameter of the model, so nothing was updated from it; the loss must "
+        f"compute with model(x), and not under torch.no_grad() nor from .item() or .detach() "
+        f"values",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _autocast(dtype: torch.dtype | None, tensors: Iterable[torch.Tensor]) -> Any:
@@ -184,6 +209,8 @@ def train_(
             f"train_ needs the optimiser state from ft.setup(rule, model) as its 4th argument, "
             f"got {opt_state!r}"
         )
+    if _losscall.is_prediction_loss(loss):
+        raise _losscall.train_convention_error(loss)
     bar = _Progress(data, progress, "train_")
     try:
         if isinstance(model, nn.Module):
@@ -204,19 +231,27 @@ def _train_tree(
 ) -> list[float]:
     """The loop as Flux writes it: ``withgradient`` then ``update_`` with the gradient tree."""
     losses: list[float] = []
+    warned = False
     amp = _autocast(autocast, trainables(model) if autocast else ())
     for i, d in enumerate(data):
         args = _arguments(d)
         with amp:
             if scaler is None:
-                val, grads = withgradient(lambda m: loss(m, *args), model)  # noqa: B023
+                val, grads = withgradient(lambda m: _call_loss(loss, m, args, i), model)  # noqa: B023
             else:
-                val, grads = withgradient(lambda m: _scaled(scaler, loss(m, *args)), model)  # noqa: B023
+                val, grads = withgradient(
+                    lambda m: _scaled(scaler, _call_loss(loss, m, args, i)),  # noqa: B023
+                    model,
+                )
         # with a scaler, the unscaled loss rides along as the second element (see _scaled)
         val = _loss_value(val) if scaler is None else float(val[1])
         if not math.isfinite(val):
             raise NonFiniteLossError(val, i)
-        if scaler is None:
+        if grads[0] is None:
+            if not warned:
+                _warn_no_gradient(i)
+                warned = True
+        elif scaler is None:
             update_(opt_state, model, grads[0])
         else:
             scaler.step_(opt_state, model, grads[0])
@@ -246,6 +281,7 @@ def _train_module(
     for p in params:
         p.grad = None
     losses: list[float] = []
+    warned = False
     amp = _autocast(autocast, params)
     try:
         # Grad mode is switched on once for the loop; the automatic train mode (a context
@@ -256,7 +292,7 @@ def _train_module(
                 token = _DIFFERENTIATING.set(True)
                 try:
                     with amp:
-                        out = loss(model, *args)
+                        out = _call_loss(loss, model, args, i)
                 finally:
                     _DIFFERENTIATING.reset(token)
                 lossval, _ = _split_output(out)
@@ -266,12 +302,22 @@ def _train_module(
                 if isinstance(lossval, torch.Tensor) and lossval.requires_grad:
                     if scaler is None:
                         torch.autograd.backward(lossval, inputs=params)
-                        update_(opt_state, model)
                     else:
                         torch.autograd.backward(scaler.scale(lossval), inputs=params)
+                    # A loss can require grad through other tensors and miss every parameter;
+                    # checked on the first item only, to keep the loop free of per-step walks.
+                    if i == 0 and not any(p.grad is not None for p in params):
+                        _warn_no_gradient(i)
+                        warned = True
+                    elif scaler is None:
+                        update_(opt_state, model)
+                    else:
                         scaler.step_(opt_state, model)
                     for p in params:
                         p.grad = None
+                elif not warned:
+                    _warn_no_gradient(i)
+                    warned = True
                 losses.append(val)
                 bar.step(val)
     finally:

@@ -26,7 +26,7 @@ from ..optimisers import Adam, Rule, leaves, setup
 from .access import GuardedView, Permissions
 from .callback import Callback
 from .events import Event, FitBegin, FitEnd
-from .exceptions import CancelFittingException, FitException
+from .exceptions import CallbackOrderError, CancelFittingException, FitException
 from .ordering import declared_paths, order_callbacks
 from .phases import TrainingPhase, ValidationPhase, epoch_
 from .state import CallbackState, StepState, cbstate_to_plain, from_plain
@@ -135,11 +135,42 @@ def _data(data: Any) -> LearnerData:
 
 
 def default_callbacks() -> list[Callback]:
-    """The callbacks a learner gets when none are given: ``ProgressBar``, ``MetricsPrinter``,
-    ``StopOnNaNLoss``, ``Recorder``, ``Metrics`` (FluxTraining.jl ``defaultcallbacks``)."""
+    """Fresh instances of the callbacks every learner gets unless told otherwise:
+    ``ProgressBar``, ``MetricsPrinter``, ``StopOnNaNLoss``, ``Recorder``, ``Metrics``
+    (FluxTraining.jl ``defaultcallbacks``).
+
+    ``Learner(..., callbacks=[...])`` adds each of these whose class is not among the given
+    callbacks; ``usedefaultcallbacks=False`` adds none.
+
+    Example:
+        >>> import fluxtrain as ft
+        >>> ft.callbacks.default_callbacks()
+        [ProgressBar(), MetricsPrinter(), StopOnNaNLoss(), Recorder(), Metrics(Loss)]
+    """
     from .callbacks import Metrics, MetricsPrinter, ProgressBar, Recorder, StopOnNaNLoss
 
     return [ProgressBar(), MetricsPrinter(), StopOnNaNLoss(), Recorder(), Metrics()]
+
+
+def _with_defaults(given: list[Any]) -> tuple[list[Any], list[Callback]]:
+    """``given`` plus each default callback whose class no given callback is (or wraps)."""
+    added = [
+        d
+        for d in default_callbacks()
+        if not any(isinstance(cb, Callback) and cb.is_a(type(d)) for cb in given)
+    ]
+    return given + added, added
+
+
+def _orderable(callbacks: list[Any]) -> bool:
+    """Whether ``callbacks`` alone can be ordered (to tell whether a default is in the way)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            order_callbacks(callbacks)
+        except CallbackOrderError:
+            return False
+    return True
 
 
 class _Runner:
@@ -188,8 +219,12 @@ class Learner:
             models return it when the batch has ``"labels"``).
         optimizer: an optimisation rule (default ``ft.Adam()``), set up as
             ``learner.opt_state = ft.setup(optimizer, model)``; or an already set-up state.
-        callbacks: callback instances; ``None`` gives the defaults (``ProgressBar``,
-            ``MetricsPrinter``, ``StopOnNaNLoss``, ``Recorder``, ``Metrics``), ``[]`` none.
+        callbacks: callback instances.  The learner adds the default callbacks
+            (``ProgressBar``, ``MetricsPrinter``, ``StopOnNaNLoss``, ``Recorder``,
+            ``Metrics``: ``ft.callbacks.default_callbacks()``) except those whose
+            class is among the given ones, so ``callbacks=[EarlyStopping(3)]`` still has the
+            ``Metrics`` it watches, and ``callbacks=[Metrics(Accuracy())]`` replaces the
+            default ``Metrics`` (FluxTraining.jl ``usedefaultcallbacks=true``).
         data: ``(train, valid)`` or ``train`` alone: iterables of ``(xs, ys)`` batches (a
             DataLoader, or a list of batches, which alone is training data).  A batch may also
             be a dict: the model is called as ``model(**batch)`` and ``ys`` is
@@ -197,6 +232,8 @@ class Learner:
             ``ModelOutput``, ``ys_pred`` (what ``lossfn`` and metrics read) is its ``logits``.
         autocast: a dtype such as ``torch.bfloat16`` to run forward and loss under
             ``torch.autocast``; ``None`` (default) for full precision.
+        usedefaultcallbacks: ``False`` to add no default callback: the learner then has
+            exactly ``callbacks``.
 
     Attributes: ``model``, ``lossfn``, ``optimizer``, ``opt_state``, ``data`` (``.training``,
     ``.validation``), ``callbacks`` (in execution order), ``step`` (the last step's
@@ -209,10 +246,14 @@ class Learner:
         >>> data = [(torch.randn(8, 3), torch.randn(8, 1)) for _ in range(4)]
         >>> learner = ft.Learner(torch.nn.Linear(3, 1), torch.nn.functional.mse_loss,
         ...                      ft.Descent(0.01), callbacks=[ft.callbacks.Recorder()],
-        ...                      data=(data, data))
+        ...                      data=(data, data), usedefaultcallbacks=False)
         >>> _ = ft.fit_(learner, 2)
         >>> learner.epoch, learner.cbstate.history[ft.TrainingPhase()].steps
         (2, 8)
+        >>> learner = ft.Learner(torch.nn.Linear(3, 1), torch.nn.functional.mse_loss,
+        ...                      callbacks=[ft.callbacks.EarlyStopping(2)])
+        >>> sorted(type(cb).__name__ for cb in learner.callbacks)   # the defaults are added
+        ['EarlyStopping', 'Metrics', 'MetricsPrinter', 'ProgressBar', 'Recorder', 'StopOnNaNLoss']
     """
 
     def __init__(
@@ -223,6 +264,8 @@ class Learner:
         callbacks: Iterable[Callback] | None = None,
         data: Any = None,
         autocast: torch.dtype | None = None,
+        *,
+        usedefaultcallbacks: bool = True,
     ) -> None:
         if autocast is not None and not isinstance(autocast, torch.dtype):
             raise TypeError(
@@ -244,7 +287,23 @@ class Learner:
         self._resume_progress: dict[str, int] | None = None
         self.callbacks: tuple[Callback, ...] = ()
         self._runner = _Runner([], {})
-        self._set_callbacks(default_callbacks() if callbacks is None else list(callbacks))
+        if not isinstance(usedefaultcallbacks, bool):
+            raise TypeError(
+                f"usedefaultcallbacks must be True or False, got {usedefaultcallbacks!r}"
+            )
+        given = [] if callbacks is None else list(callbacks)
+        added: list[Callback] = []
+        if usedefaultcallbacks:
+            given, added = _with_defaults(given)
+        try:
+            self._set_callbacks(given)
+        except CallbackOrderError as e:
+            if added and _orderable([cb for cb in given if cb not in added]):
+                e.add_note(
+                    f"the learner added the default callbacks {added}; give your own instance "
+                    f"of the one in the way, or pass usedefaultcallbacks=False to add none"
+                )
+            raise
 
     @staticmethod
     def _optimiser(optimizer: Any, model: Any) -> tuple[Any, Any]:
@@ -302,7 +361,8 @@ class Learner:
         Example:
             >>> import torch, fluxtrain as ft
             >>> learner = ft.Learner(torch.nn.Linear(1, 1), torch.nn.functional.mse_loss,
-            ...                      callbacks=[ft.callbacks.MetricsPrinter(), ft.callbacks.Metrics()])
+            ...                      callbacks=[ft.callbacks.MetricsPrinter(), ft.callbacks.Metrics()],
+            ...                      usedefaultcallbacks=False)
             >>> learner.add_callback(ft.callbacks.Recorder())
             >>> learner.callbacks      # Metrics writes what MetricsPrinter reads: it runs first
             (Metrics(Loss), MetricsPrinter(), Recorder())
@@ -500,7 +560,7 @@ def fit_(
         >>> import torch, fluxtrain as ft
         >>> data = [(torch.randn(8, 3), torch.randn(8, 1)) for _ in range(4)]
         >>> learner = ft.Learner(torch.nn.Linear(3, 1), torch.nn.functional.mse_loss,
-        ...                      callbacks=[], data=data)
+        ...                      data=data, usedefaultcallbacks=False)
         >>> ft.fit_(learner, 3).epoch, learner.stop_reason
         (3, None)
     """

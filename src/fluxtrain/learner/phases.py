@@ -19,13 +19,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .. import _losscall
 from ..gradient import _gradient_tree, _split_output, gradient
 from ..mode import differentiating
 from ..optimisers import update_
 from ..optimisers.state import unwrap
 from .control import Handle, runepoch, runstep
 from .events import BackwardBegin, BackwardEnd, LossBegin
-from .exceptions import CancelEpochException, CancelStepException
+from .exceptions import CancelEpochException, CancelStepException, FitException
 from .state import StepState
 
 __all__ = [
@@ -72,8 +73,14 @@ class Phase:
         """Run one epoch: ``step_`` on every batch of ``dataiter`` inside :func:`runepoch`."""
 
         def run(handle: Handle) -> None:
-            for batch in dataiter:
-                step_(learner, self, batch)
+            for i, batch in enumerate(dataiter):
+                try:
+                    step_(learner, self, batch)
+                except FitException:
+                    raise
+                except Exception as e:
+                    e.add_note(_where(learner, self, i))
+                    raise
 
         runepoch(run, learner, self)
 
@@ -122,6 +129,27 @@ class AbstractValidationPhase(Phase):
 
     def dataiter(self, learner: Any) -> Iterable[Any] | None:
         return learner.data.validation
+
+
+def _where(learner: Any, phase: Phase, index: int) -> str:
+    """Which batch an error came from, as a note on the exception."""
+    name = type(phase).__name__
+    if getattr(learner, "progress", None) is None:
+        return f"(in batch {index + 1} (index {index}) of a {name} epoch)"
+    return f"(in batch {index + 1} (index {index}) of {name}, in epoch {learner.epoch + 1} of fit_)"
+
+
+def _lossfn(learner: Any, ys_pred: Any, ys: Any) -> Any:
+    """``learner.lossfn(ys_pred, ys)``, with errors naming the convention and the problem."""
+    try:
+        loss = learner.lossfn(ys_pred, ys)
+    except TypeError as e:
+        # The call itself did not fit the signature: most likely train_'s loss(model, x, y).
+        if _losscall.accepts(learner.lossfn, 2) is False:
+            raise _losscall.learner_convention_error(learner.lossfn) from e
+        raise
+    _losscall.check_scalar(loss, "the loss lossfn(ŷ, y) returned")
+    return loss
 
 
 def _pair(batch: Any, phase: Phase) -> tuple[Any, Any]:
@@ -176,7 +204,7 @@ def prediction(out: Any) -> Any:
 def compute_loss(learner: Any, out: Any, state: StepState) -> Any:
     """``lossfn(ys_pred, ys)``, or with ``lossfn=None`` the model output's own ``loss``."""
     if learner.lossfn is not None:
-        return learner.lossfn(state.ys_pred, state.ys)
+        return _lossfn(learner, state.ys_pred, state.ys)
     loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
     if loss is None:
         raise ValueError(
@@ -326,7 +354,8 @@ def epoch_(learner: Any, phase: Phase, dataiter: Iterable[Any] | None = None) ->
 
     Example:
         >>> import torch, fluxtrain as ft
-        >>> learner = ft.Learner(torch.nn.Linear(2, 1), torch.nn.functional.mse_loss, callbacks=[])
+        >>> learner = ft.Learner(torch.nn.Linear(2, 1), torch.nn.functional.mse_loss,
+        ...                      usedefaultcallbacks=False)
         >>> data = [(torch.ones(3, 2), torch.zeros(3, 1))] * 4
         >>> ft.epoch_(learner, ft.TrainingPhase(), data)
         >>> learner.step.loss.shape

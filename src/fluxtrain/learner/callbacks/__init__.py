@@ -43,7 +43,9 @@ __all__ = [
 
 
 def default_callbacks() -> list:
-    """Fresh instances of the callbacks a ``Learner`` gets when none are given."""
+    """Fresh instances of the default callbacks, which every ``Learner`` gets unless one of
+    the same class is given or ``usedefaultcallbacks=False`` (see
+    ``fluxtrain.learner.learner.default_callbacks``)."""
     from ..learner import default_callbacks as make
 
     return make()

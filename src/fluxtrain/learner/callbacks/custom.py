@@ -36,7 +36,7 @@ class CustomCallback(Callback):
         >>> cb = ft.callbacks.CustomCallback(lambda lr: losses.append(float(lr.step.loss)),
         ...                                  ft.StepEnd, ft.TrainingPhase, reads=("step.loss",))
         >>> learner = ft.Learner(torch.nn.Linear(1, 1), torch.nn.functional.mse_loss,
-        ...                      callbacks=[cb])
+        ...                      callbacks=[cb], usedefaultcallbacks=False)
         >>> ft.epoch_(learner, ft.TrainingPhase(), [(torch.ones(2, 1), torch.ones(2, 1))] * 3)
         >>> len(losses)
         3

@@ -18,6 +18,7 @@ import torch
 from ... import distributed
 from ..callback import Callback
 from ..events import EpochBegin, EpochEnd, Event, StepEnd
+from ..phases import Phase
 from ..state import PhaseDict, phase_key, register_state_type
 from .recorder import batch_size
 
@@ -98,22 +99,57 @@ def _scalar(v: Any, name: str) -> float:
     return float(v)
 
 
+def _phase_class(phase: Any) -> type | tuple[type, ...]:
+    """Check ``Metric(..., phase=...)``: a phase class (or a tuple of them)."""
+    classes = phase if isinstance(phase, tuple) else (phase,)
+    for c in classes:
+        if not isinstance(c, type):
+            raise TypeError(
+                f"Metric(..., phase={c!r}) takes a phase class such as ft.ValidationPhase, not "
+                f"an instance: the metric is computed in every phase that is an instance of it"
+            )
+        if not issubclass(c, Phase):
+            raise TypeError(
+                f"Metric(..., phase={c.__name__}): the phase must be a subclass of ft.Phase "
+                f"(ft.TrainingPhase, ft.ValidationPhase, ft.AbstractValidationPhase, ...)"
+            )
+    return phase
+
+
 class Metric:
     """A metric ``fn(ys_pred, ys) -> number`` evaluated each step; its epoch value is the mean
     over steps weighted by batch size.
 
+    ``phase`` limits the metric to the phases that are instances of that class (FluxTraining.jl
+    ``Metric(fn; phase=ValidationPhase)``): in other phases it is neither computed nor
+    recorded, so an expensive metric costs nothing during training.  The default, ``ft.Phase``,
+    means every phase.
+
     Example:
-        >>> import torch
+        >>> import torch, fluxtrain as ft
         >>> from fluxtrain.callbacks import Metric
         >>> Metric(lambda yp, y: (yp - y).abs().max(), name="MaxError")
         Metric(MaxError)
+        >>> m = Metric(torch.nn.functional.l1_loss, phase=ft.ValidationPhase)
+        >>> m, m.applies_to(ft.TrainingPhase()), m.applies_to(ft.ValidationPhase())
+        (Metric(L1_loss, phase=ValidationPhase), False, True)
     """
 
-    def __init__(self, fn: Callable[[Any, Any], Any], name: str | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Any, Any], Any],
+        name: str | None = None,
+        phase: type | tuple[type, ...] = Phase,
+    ) -> None:
         if not callable(fn):
             raise TypeError(f"a metric must be callable as fn(ys_pred, ys), got {fn!r}")
         self.fn = fn
         self.name = name or _name_of(fn)
+        self.phase = _phase_class(phase)
+
+    def applies_to(self, phase: Any) -> bool:
+        """Whether the metric is computed during ``phase`` (an instance of its ``phase``)."""
+        return isinstance(phase, self.phase)
 
     def compute(self, step: Any) -> float | None:
         """The value for the step whose state is ``step`` (``None`` to skip this step)."""
@@ -125,7 +161,11 @@ class Metric:
         return _scalar(self.fn(step.ys_pred, step.ys), self.name)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name})"
+        if self.phase is Phase:
+            return f"{type(self).__name__}({self.name})"
+        phases = self.phase if isinstance(self.phase, tuple) else (self.phase,)
+        names = ", ".join(c.__name__ for c in phases)
+        return f"{type(self).__name__}({self.name}, phase={names})"
 
 
 def _name_of(fn: Any) -> str:
@@ -141,6 +181,7 @@ class Loss(Metric):
     def __init__(self, name: str = "Loss") -> None:
         self.fn = None  # type: ignore[assignment]
         self.name = name
+        self.phase = Phase
 
     def compute(self, step: Any) -> float | None:
         loss = step.loss
@@ -153,6 +194,7 @@ class Accuracy(Metric):
     ``ys_pred`` holds scores with classes along dimension 1; ``ys`` holds integer class labels,
     or one-hot / probability targets of the same shape as ``ys_pred``.  With a single output
     column (binary), a prediction is positive when its score exceeds ``threshold``.
+    ``phase`` limits it to some phases, as for ``Metric``.
 
     Example:
         >>> import torch
@@ -162,9 +204,14 @@ class Accuracy(Metric):
         tensor(0.5000)
     """
 
-    def __init__(self, threshold: float = 0.5, name: str = "Accuracy") -> None:
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        name: str = "Accuracy",
+        phase: type | tuple[type, ...] = Phase,
+    ) -> None:
         self.threshold = threshold
-        super().__init__(self._accuracy, name)
+        super().__init__(self._accuracy, name, phase)
 
     def _accuracy(self, ys_pred: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         if ys_pred.dim() == 1 or (ys_pred.dim() == 2 and ys_pred.shape[1] == 1):
@@ -203,7 +250,8 @@ class Metrics(Callback):
         >>> import torch, fluxtrain as ft
         >>> data = [(torch.randn(8, 2), torch.randn(8, 1))] * 3
         >>> learner = ft.Learner(torch.nn.Linear(2, 1), torch.nn.functional.mse_loss,
-        ...                      callbacks=[ft.callbacks.Metrics()], data=data)
+        ...                      callbacks=[ft.callbacks.Metrics()], data=data,
+        ...                      usedefaultcallbacks=False)
         >>> _ = ft.fit_(learner, 2)
         >>> h = learner.cbstate.metrics_epoch[ft.TrainingPhase()]
         >>> h.names(), h.steps("Loss")
@@ -249,7 +297,9 @@ class Metrics(Callback):
             hist = learner.cbstate.metrics_step[phase]
             n = None
             for i, m in enumerate(self.metrics):
-                v = m.compute(step)
+                # A metric limited to other phases is skipped (FluxTraining.jl's step! leaves
+                # its value as nothing): no step value, and no epoch value either.
+                v = m.compute(step) if m.applies_to(phase) else None
                 if v is None:
                     continue
                 if n is None:

@@ -57,7 +57,8 @@ class Recorder(Callback):
         >>> import torch, fluxtrain as ft
         >>> data = [(torch.randn(8, 2), torch.randn(8, 1))] * 3
         >>> learner = ft.Learner(torch.nn.Linear(2, 1), torch.nn.functional.mse_loss,
-        ...                      callbacks=[ft.callbacks.Recorder()], data=data)
+        ...                      callbacks=[ft.callbacks.Recorder()], data=data,
+        ...                      usedefaultcallbacks=False)
         >>> _ = ft.fit_(learner, 2)
         >>> learner.cbstate.history[ft.TrainingPhase()]
         History(epochs=2, steps=6, steps_epoch=3, samples=48)

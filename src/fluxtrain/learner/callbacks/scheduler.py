@@ -37,7 +37,8 @@ class Scheduler(Callback):
         >>> model = torch.nn.Linear(1, 1, bias=False)
         >>> _ = torch.nn.init.zeros_(model.weight)
         >>> sched = ft.callbacks.Scheduler(eta=lambda t: 0.1 * t)
-        >>> learner = ft.Learner(model, lambda yp, y: yp.sum(), ft.Descent(), callbacks=[sched])
+        >>> learner = ft.Learner(model, lambda yp, y: yp.sum(), ft.Descent(), callbacks=[sched],
+        ...                      usedefaultcallbacks=False)
         >>> ft.epoch_(learner, ft.TrainingPhase(), [(x, x)] * 3)   # steps by 0.1, 0.2, 0.3
         >>> round(model.weight.item(), 6), learner.cbstate.hyperparams["eta"]
         (-0.6, [0.1, 0.2, 0.30000000000000004])
