@@ -115,7 +115,8 @@ def test_early_stopping_1_ends_fit_without_exception_and_records_why():
         model, F.l1_loss, ft.Descent(0.001), callbacks=[Metrics(), stopper], data=(train, valid)
     )
     ft.fit_(learner, 10)
-    assert learner.epoch == 1  # epoch 1 set the best, epoch 2 was worse: stopped during it
+    # Epoch 1 set the best, epoch 2 was worse: stopped at its end, and it counts (issue 14).
+    assert learner.epoch == 2
     assert learner.cbstate.metrics_epoch[ft.ValidationPhase()].steps("Loss") == [1, 2]
     assert isinstance(learner.stop_reason, ft.CancelFittingException)
     assert learner.stop_reason.callback is stopper
@@ -139,8 +140,8 @@ def test_early_stopping_patience_and_max_mode():
     stopper = EarlyStopping(2, metric="Accuracy", mode="max", phase=ft.AbstractTrainingPhase)
     learner = coeff_learner(FakeAccuracy(), stopper, data=coeff_data(1))
     ft.fit_(learner, 10, (coeff_data(1), None))
-    # best 0.6 at epoch 2; epochs 3 and 4 do not beat it: stop at epoch 4.
-    assert learner.epoch == 3 and stopper.best == 0.6 and stopper.wait == 2
+    # best 0.6 at epoch 2; epochs 3 and 4 do not beat it: stop at the end of epoch 4.
+    assert learner.epoch == 4 and stopper.best == 0.6 and stopper.wait == 2
 
 
 def test_early_stopping_on_an_unrecorded_metric_says_what_is_recorded():
@@ -715,7 +716,7 @@ def test_checkpointer_keep_holds_across_resumes(tmp_path):
 
 
 def test_checkpointer_state_in_a_checkpoint_lists_the_files_kept_after_writing_it(tmp_path):
-    learner, cp = checkpointed(tmp_path, keep=2)
+    learner, _ = checkpointed(tmp_path, keep=2)
     ft.fit_(learner, 3)
     saved = ft.load(tmp_path / "epoch_003.safetensors", restore_rng=False)["learner"]
     assert saved["callbacks"]["Checkpointer"]["saved"] == [

@@ -25,7 +25,8 @@ import torch
 from ..optimisers import Adam, Rule, leaves, setup
 from .access import GuardedView, Permissions
 from .callback import Callback
-from .events import Event, FitBegin, FitEnd
+from .control import misplaced_cancel
+from .events import EpochEnd, Event, FitBegin, FitEnd
 from .exceptions import CancelFittingException, FitException
 from .ordering import declared_paths, order_callbacks
 from .phases import TrainingPhase, ValidationPhase, epoch_
@@ -161,20 +162,40 @@ class _Runner:
         self.table[evtype] = out
         return out
 
-    def dispatch(self, event: Event, phase: Any) -> None:
+    def dispatch(
+        self,
+        event: Event,
+        phase: Any,
+        finish: Callable[[CancelFittingException], None] | None = None,
+    ) -> None:
+        """Call each callback's ``on``.  With ``finish`` (at ``EpochEnd``), a
+        ``CancelFittingException`` does not stop the dispatch: ``finish(e)`` is called, the
+        remaining callbacks still see the event, then the first such exception is raised."""
         entries = self.table.get(type(event))
         if entries is None:
             entries = self.entries(type(event))
+        stop = None
         for cb, on, view in entries:
             try:
                 on(event, phase, view)
             except FitException as e:
                 if e.callback is None:
                     e.callback = cb
+                during = "" if phase is None else f" during {phase!r}"
+                bad = misplaced_cancel(e, f"by {cb!r} at {type(event).__name__}{during}", event)
+                if bad is not None:
+                    raise bad from e
+                if finish is not None and isinstance(e, CancelFittingException):
+                    if stop is None:
+                        stop = e
+                        finish(e)
+                    continue
                 raise
             except Exception as e:
                 e.add_note(f"(raised by callback {cb!r} on {event!r} during {phase!r})")
                 raise
+        if stop is not None:
+            raise stop
 
 
 class Learner:
@@ -333,7 +354,17 @@ class Learner:
         return old
 
     def _dispatch(self, event: Event, phase: Any) -> None:
-        self._runner.dispatch(event, phase)
+        if type(event) is EpochEnd:
+            self._runner.dispatch(event, phase, self._finish_epoch)
+        else:
+            self._runner.dispatch(event, phase)
+
+    def _finish_epoch(self, e: CancelFittingException) -> None:
+        """Fitting was cancelled at an ``EpochEnd``: this epoch's work is done and the rest of
+        its phases will not run, so it counts as a finished epoch (for the callbacks still to
+        see this ``EpochEnd``, such as ``Checkpointer``, and for :func:`fit_`)."""
+        if self.progress is not None:
+            self.progress.phases_done = self.progress.nphases
 
     # -----------------------------------------------------------------------------------------
     # Saving and resuming
@@ -549,6 +580,8 @@ def fit_(
                 learner.epoch += 1
         except CancelFittingException as e:
             learner.stop_reason = e
+            if progress.phases_done >= progress.nphases:  # cancelled at the epoch's EpochEnd
+                learner.epoch += 1
         try:
             learner._dispatch(FitEnd(), None)
         except CancelFittingException as e:
