@@ -6,12 +6,15 @@ from __future__ import annotations
 import collections
 import copy
 import json
+import struct
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 import fluxtrain as ft
+from fluxtrain import checkpoint as ck
 from fluxtrain.learner.events import BackwardBegin, BackwardEnd, LossBegin
 
 
@@ -896,3 +899,32 @@ def test_early_stopping_restore_best_puts_back_the_best_weights_at_the_end(tmp_p
     plain = diverging_learner(tmp_path / "plain")
     ft.fit_(plain, 10)
     assert torch.equal(plain.model.weight, weights[-1])  # without restore_best: the last
+
+
+def test_resume_with_a_bad_learner_state_changes_nothing(tmp_path):
+    data = batches(2)
+    learner = linear_learner(
+        [ft.callbacks.Recorder(), ft.callbacks.Checkpointer(tmp_path)], data=(data, data)
+    )
+    ft.fit_(learner, 2)
+    path = tmp_path / "epoch_001.safetensors"
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    structure = json.loads(header["__metadata__"]["fluxtrain"])
+    learner_state = dict(structure["extra"]["learner"]["__dict__"])
+    rng = learner_state["rng"]["__dict__"]
+    for item in rng:
+        if item[0] == "torch":
+            item[1] = "AAAA"  # 3 bytes: no generator takes that
+    # Re-written with every checksum recomputed: the file itself is sound.
+    ck._write_file(path, json.dumps(structure), load_file(path))
+
+    fresh = linear_learner(
+        [ft.callbacks.Recorder(), ft.callbacks.Checkpointer(tmp_path)], data=(data, data)
+    )
+    weight = fresh.model.weight.detach().clone()
+    with pytest.raises(ValueError, match="malformed RNG states"):
+        ft.fit_(fresh, 3, resume=path)
+    assert torch.equal(fresh.model.weight, weight)
+    assert fresh.epoch == 0 and fresh.cbstate.history[ft.TrainingPhase].epochs == 0

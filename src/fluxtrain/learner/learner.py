@@ -13,6 +13,7 @@ FluxTraining.jl ``src/learner.jl`` and ``src/training.jl``, with fluxtrain's cha
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import random
 import warnings
@@ -408,7 +409,8 @@ class Learner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (model and optimiser state are restored by
         ``ft.checkpoint.load``).  The next ``fit_(..., resume=...)`` continues after the saved
-        epoch."""
+        epoch.  All or nothing: if any part is refused (a callback's or a data iterator's
+        ``load_state_dict``, the RNG states), the learner is left as it was."""
         if not isinstance(state, dict) or state.get("format") != _FORMAT:
             raise ValueError(
                 f"not a saved learner state (expected format {_FORMAT!r}, got "
@@ -419,6 +421,7 @@ class Learner:
             raise ValueError(f"the saved learner state lacks {sorted(missing)}")
         # Decode everything before changing anything, so that a bad state changes nothing.
         cbstate = {k: from_plain(v) for k, v in state["cbstate"].items()}
+        _check_rng_state(state["rng"])
         by_key = dict(self._callback_keys())
         for key in state["callbacks"]:
             if key not in by_key:
@@ -427,17 +430,34 @@ class Learner:
                     f"have; its state is ignored",
                     stacklevel=2,
                 )
-        self.epoch = int(state["epoch"])
-        self._resume_progress = state["progress"]
-        for k, v in cbstate.items():
-            self.cbstate[k] = v
-        for key, cb in by_key.items():
-            if key in state["callbacks"]:
-                cb.load_state_dict(state["callbacks"][key])
-        for name, d in zip(LearnerData._fields, self.data):
-            if name in state["data"] and callable(getattr(d, "load_state_dict", None)):
-                d.load_state_dict(state["data"][name])
-        _set_rng_state(state["rng"])
+        epoch = int(state["epoch"])
+        # Callbacks and data iterators check their own state as they load it: if one refuses,
+        # what was loaded before it is put back from this snapshot.
+        before = (self.epoch, self._resume_progress, {k: self.cbstate[k] for k in self.cbstate})
+        undo: list[tuple[Any, Any]] = []
+        try:
+            for key, cb in by_key.items():
+                if key in state["callbacks"]:
+                    undo.append((cb, copy.deepcopy(cb.state_dict())))
+                    cb.load_state_dict(state["callbacks"][key])
+            for name, d in zip(LearnerData._fields, self.data):
+                if name in state["data"] and callable(getattr(d, "load_state_dict", None)):
+                    old = d.state_dict() if callable(getattr(d, "state_dict", None)) else None
+                    undo.append((d, copy.deepcopy(old)))
+                    d.load_state_dict(state["data"][name])
+            self.epoch = epoch
+            self._resume_progress = state["progress"]
+            for k, v in cbstate.items():
+                self.cbstate[k] = v
+            _set_rng_state(state["rng"])
+        except BaseException:
+            for obj, old in reversed(undo):
+                if old is not None:
+                    obj.load_state_dict(old)
+            self.epoch, self._resume_progress = before[0], before[1]
+            for k, v in before[2].items():
+                self.cbstate[k] = v
+            raise
 
     def __repr__(self) -> str:
         model = type(self.model).__name__
@@ -475,6 +495,23 @@ def _rng_state() -> dict[str, Any]:
     }
 
 
+def _check_rng_state(state: Any) -> None:
+    """Refuse saved RNG states the generators would not take, trying each on a scratch
+    generator (the global ones are not touched)."""
+    try:
+        torch.Generator().set_state(_unb64(state["torch"]))
+        for s in state.get("cuda") or []:
+            if not isinstance(s, str):
+                raise TypeError("a CUDA state must be a base64 string")
+            _unb64(s)
+        py = state["python"]
+        random.Random().setstate((py[0], tuple(py[1]), py[2]))
+        npst = state["numpy"]
+        np.random.RandomState().set_state((npst[0], np.array(npst[1], dtype=np.uint32), *npst[2:]))
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError, OverflowError) as e:
+        raise ValueError(f"the saved learner state has malformed RNG states: {e}") from None
+
+
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(_unb64(state["torch"]))
     if state.get("cuda") and torch.cuda.is_available():
@@ -489,16 +526,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # fit_
 
 
-def _default_load(path: Any, model: Any, opt_state: Any) -> dict[str, Any]:
+def _resume(path: Any, learner: Learner) -> None:
+    """Load model, optimiser state and learner state from the checkpoint at ``path``, all or
+    nothing: ``ft.load`` checks the file, the model and the state, then loads the learner state
+    first, so if that is refused nothing has changed."""
     from .. import checkpoint
 
-    load = getattr(checkpoint, "load", None)
-    if load is None:
-        raise RuntimeError(
-            "fit_(..., resume=path) needs fluxtrain.checkpoint.load, which this installation "
-            "does not have; pass load_fn=... to fit_"
-        )
-    return load(path, model=model, opt_state=opt_state)
+    checkpoint.load(path, model=learner.model, opt_state=learner.opt_state, learner=learner)
 
 
 def fit_(
@@ -516,11 +550,19 @@ def fit_(
     path written by ``Checkpointer``), the model, optimiser state and learner state are loaded
     first with ``fluxtrain.checkpoint.load`` (or ``load_fn``, same signature), and the run
     continues after the last saved epoch of the interrupted ``fit_`` call: re-running the same
-    ``fit_(learner, nepochs, resume=path)`` completes the planned ``nepochs``.
+    ``fit_(learner, nepochs, resume=path)`` completes the planned ``nepochs``.  Resuming is all
+    or nothing: with the default loader the file, the model, the optimiser state and the
+    learner state are all checked before any of them changes.
 
     A :class:`~fluxtrain.CancelFittingException` (``EarlyStopping``, ``StopOnNaNLoss``, or your
     own) ends fitting cleanly: ``FitEnd`` fires, ``learner.stop_reason`` holds the exception,
-    and ``fit_`` returns.  Other exceptions propagate.
+    and ``fit_`` returns.  Raised at an ``EpochEnd``, it ends fitting after that epoch: the
+    callbacks after the one that raised it still see the ``EpochEnd`` (so ``Checkpointer``
+    saves the epoch), the epoch's remaining phases are skipped, and the epoch counts in
+    ``learner.epoch``; a run resumed from its checkpoint goes on with the next epoch.
+    A ``CancelStepException`` raised outside a step, or a ``CancelEpochException`` raised
+    outside an epoch (at ``FitBegin``/``FitEnd``), is a ``RuntimeError`` saying where it may be
+    raised.  Other exceptions propagate.
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -544,16 +586,17 @@ def fit_(
 
     start, skip = 0, 0
     if resume is not None:
-        extras = (load_fn or _default_load)(
-            resume, model=learner.model, opt_state=learner.opt_state
-        )
-        if "learner" not in extras:
-            raise ValueError(
-                f"fit_(..., resume={resume!r}): the checkpoint has no learner state (extras: "
-                f"{sorted(extras)}); write checkpoints with ft.callbacks.Checkpointer, or pass "
-                f"learner=learner.state_dict() to ft.save"
-            )
-        learner.load_state_dict(extras["learner"])
+        if load_fn is None:
+            _resume(resume, learner)
+        else:
+            extras = load_fn(resume, model=learner.model, opt_state=learner.opt_state)
+            if "learner" not in extras:
+                raise ValueError(
+                    f"fit_(..., resume={resume!r}): the checkpoint has no learner state (extras: "
+                    f"{sorted(extras)}); write checkpoints with ft.callbacks.Checkpointer, or "
+                    f"pass learner=learner.state_dict() to ft.save"
+                )
+            learner.load_state_dict(extras["learner"])
         saved = learner._resume_progress
         if saved is not None:
             start, skip = int(saved["epoch"]), int(saved["phases_done"])
