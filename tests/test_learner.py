@@ -829,7 +829,7 @@ def diverging_learner(folder, *extra, patience=2, restore_best=False):
         ft.callbacks.Recorder(),
         ft.callbacks.Metrics(),
         ft.callbacks.Checkpointer(folder),
-        ft.callbacks.EarlyStopping(patience, restore_best=restore_best),
+        ft.callbacks.EarlyStopping(patience, **({"restore_best": True} if restore_best else {})),
         *extra,
     ]
     return ft.Learner(model, mae, ft.Descent(0.01), callbacks=cbs, data=(train, valid))

@@ -22,7 +22,8 @@ What ``load`` checks, before it changes anything:
 
 - the path is a regular file (a directory, FIFO, device such as ``/dev/zero``, or a symlink to
   one is refused without reading), and every size in the file is checked against its length
-  before the bytes are read, so a hostile file cannot make ``load`` allocate more than its size;
+  before the bytes are read, so ``load`` never reads past the file's end nor allocates room
+  for bytes the file does not have;
 - the header is byte for byte what ``save`` writes for its content, and its SHA-256 covers all
   of it: the structure JSON, the data checksum and each tensor's name, dtype, shape and byte
   offsets; the tensors must lie where ``save`` puts them (in name order, back to back); the

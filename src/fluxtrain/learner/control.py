@@ -16,6 +16,9 @@ the epoch, swallows a :class:`~fluxtrain.CancelEpochException`, and, when not in
 :func:`~fluxtrain.fit_`, ends on a :class:`~fluxtrain.CancelFittingException` by recording it in
 ``learner.stop_reason``.
 
+A ``CancelStepException`` where no step runs, or a ``CancelEpochException`` where no epoch runs,
+is a ``RuntimeError`` saying where it may be raised (see :func:`misplaced_cancel`).
+
 One limit of Python's ``with``: a cancellation raised by a ``StepBegin``/``EpochBegin`` callback
 cannot skip the block from inside it, so it leaves the ``with`` statement; :func:`step_` and
 :func:`epoch_` (and the function forms) catch it.  Built-in phases use the function forms.
