@@ -876,7 +876,8 @@ def test_fit_cancelled_at_a_training_epoch_end_skips_validation_and_counts_the_e
     resumed = linear_learner(
         [StopAfterSecondTraining(), ft.callbacks.Checkpointer(tmp_path)], data=(data, data)
     )
-    ft.fit_(resumed, 3, resume=cp.saved[-1])
+    with pytest.warns(UserWarning, match="callback 'EventLog', which this learner does not"):
+        ft.fit_(resumed, 3, resume=cp.saved[-1])
     assert resumed.epoch == 3
 
 
@@ -894,7 +895,8 @@ def test_early_stopping_restore_best_puts_back_the_best_weights_at_the_end(tmp_p
     assert torch.equal(learner.model.weight, weights[0])  # epoch 1 had the lowest loss
     # The best weights travel in the checkpoint, so a resumed run restores them too.
     resumed = diverging_learner(tmp_path, restore_best=True)
-    ft.fit_(resumed, 10, resume=tmp_path / "epoch_003.safetensors")
+    with pytest.warns(UserWarning, match="callback 'CustomCallback', which this learner does"):
+        ft.fit_(resumed, 10, resume=tmp_path / "epoch_003.safetensors")
     assert torch.equal(resumed.model.weight, weights[0])
     plain = diverging_learner(tmp_path / "plain")
     ft.fit_(plain, 10)

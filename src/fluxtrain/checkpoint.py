@@ -979,7 +979,7 @@ def load(
     r = _Reader(tensors, str(path))
     skipped: list[str] = []
     copies: list[Callable[[], None]] = []
-    stateful: list[tuple[Any, Any]] = []
+    stateful: list[tuple[str, Any, Any]] = []
 
     def problem(msg: str) -> None:
         if strict:
@@ -999,7 +999,7 @@ def load(
             if name not in extras:
                 problem(f"the checkpoint has no extra {name!r} to load into {type(obj).__name__}")
                 continue
-            stateful.append((obj, extras[name]))
+            stateful.append((name, obj, extras[name]))
         rng = None
         if restore_rng and "rng" in structure:
             rng = _decode(structure["rng"], "rng", r)
@@ -1021,7 +1021,7 @@ def load(
     # Everything we can check was checked.  Objects such as a DataLoader validate their own
     # state in load_state_dict, so they go first: if one refuses, model and state are untouched
     # and the objects loaded before it get their old state back.
-    _load_stateful(stateful)
+    _load_stateful(stateful, r)
     with torch.no_grad():
         for c in copies:
             c()
@@ -1037,15 +1037,22 @@ def load(
     return LoadResult(extras, skipped=skipped)
 
 
-def _load_stateful(stateful: list[tuple[Any, Any]]) -> None:
-    """``obj.load_state_dict(sd)`` for each pair, all or none: on a failure the objects
-    already loaded are given back their previous ``state_dict()``."""
+def _load_stateful(stateful: list[tuple[str, Any, Any]], r: _Reader) -> None:
+    """``obj.load_state_dict(sd)`` for each ``(name, obj, sd)``, all or none: on a failure the
+    objects already loaded are given back their previous ``state_dict()``.  An object refusing
+    its state is a :class:`CheckpointError` naming the extra (the object's own error chained)."""
     done: list[tuple[Any, Any]] = []
     try:
-        for obj, sd in stateful:
+        for name, obj, sd in stateful:
             old = obj.state_dict() if callable(getattr(obj, "state_dict", None)) else None
             old = copy.deepcopy(old)
-            obj.load_state_dict(sd)
+            try:
+                obj.load_state_dict(sd)
+            except Exception as e:
+                raise r.error(
+                    f"the extra {name!r} does not fit this {type(obj).__name__}: "
+                    f"{type(e).__name__}: {e}"
+                ) from e
             done.append((obj, old))
     except BaseException:
         for obj, old in reversed(done):
