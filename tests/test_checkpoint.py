@@ -787,3 +787,17 @@ def test_files_of_the_previous_version_load_but_not_with_moved_offsets(tmp_path)
     with pytest.raises(ft.CheckpointError, match=r"tensor 'model/a' is not where ft\.save puts it"):
         ft.load(path, model=target)
     assert torch.equal(target["a"], torch.zeros(4))
+
+
+def test_an_object_refusing_its_state_is_a_checkpoint_error_and_undoes_the_others(tmp_path):
+    X = torch.arange(20.0)
+    scaler = ft.LossScaler(init_scale=64.0)
+    scaler.update(True)
+    ft.save(tmp_path / "c.safetensors", scaler=scaler, data=ft.DataLoader(X, batchsize=4))
+    other = ft.LossScaler(init_scale=8.0)
+    before = other.state_dict()
+    with pytest.raises(ft.CheckpointError, match="the extra 'data' does not fit this DataLoader"):
+        ft.load(
+            tmp_path / "c.safetensors", scaler=other, data=ft.DataLoader(X, batchsize=5)
+        )  # the scaler is loaded first, then the loader refuses: the scaler gets its state back
+    assert other.state_dict() == before

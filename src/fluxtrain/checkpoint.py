@@ -959,7 +959,10 @@ def load(
     ``.skipped`` (and warned about).  The optimiser state gets the checkpoint's rules (with their
     hyperparameters), frozen flags and state, even if it was set up with another rule.  RNG
     states are restored unless ``restore_rng=False``.  Everything is checked before anything
-    changes, so a failed load leaves model and state as they were.  Nothing is unpickled.
+    changes (the file, its checksums, paths, shapes, dtypes, rules, state layouts, RNG states;
+    see the module docs), so a failed load leaves model, state, objects and RNGs as they were.
+    Every failure to read the checkpoint, or an object given as ``name=obj`` refusing its
+    state, is a :class:`CheckpointError`.  Nothing is unpickled.
 
     Example:
         >>> import torch, tempfile, os, fluxtrain as ft
