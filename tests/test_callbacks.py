@@ -120,7 +120,8 @@ def test_early_stopping_1_ends_fit_without_exception_and_records_why():
         model, F.l1_loss, ft.Descent(0.001), callbacks=[Metrics(), stopper], data=(train, valid)
     )
     ft.fit_(learner, 10)
-    assert learner.epoch == 1  # epoch 1 set the best, epoch 2 was worse: stopped during it
+    # Epoch 1 set the best, epoch 2 was worse: stopped at its end, and it counts (issue 14).
+    assert learner.epoch == 2
     assert learner.cbstate.metrics_epoch[ft.ValidationPhase()].steps("Loss") == [1, 2]
     assert isinstance(learner.stop_reason, ft.CancelFittingException)
     assert learner.stop_reason.callback is stopper
@@ -144,8 +145,8 @@ def test_early_stopping_patience_and_max_mode():
     stopper = EarlyStopping(2, metric="Accuracy", mode="max", phase=ft.AbstractTrainingPhase)
     learner = coeff_learner(FakeAccuracy(), stopper, data=coeff_data(1))
     ft.fit_(learner, 10, (coeff_data(1), None))
-    # best 0.6 at epoch 2; epochs 3 and 4 do not beat it: stop at epoch 4.
-    assert learner.epoch == 3 and stopper.best == 0.6 and stopper.wait == 2
+    # best 0.6 at epoch 2; epochs 3 and 4 do not beat it: stop at the end of epoch 4.
+    assert learner.epoch == 4 and stopper.best == 0.6 and stopper.wait == 2
 
 
 def test_early_stopping_on_an_unrecorded_metric_says_what_is_recorded():
@@ -684,3 +685,92 @@ def test_sanity_check_does_not_change_what_training_sees():
 
     for a, b in zip(run(True), run(False)):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14, item 6: keep holds across resumes; keeping the best k by a metric
+
+
+def checkpointed(folder, *cbs, **kw):
+    cp = Checkpointer(folder, **kw)
+    return coeff_learner(Recorder(), Metrics(), *cbs, cp, data=coeff_data(2)), cp
+
+
+def files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_checkpointer_keep_holds_across_resumes(tmp_path):
+    learner, cp = checkpointed(tmp_path, keep=2)
+    ft.fit_(learner, 2)
+    assert files(tmp_path) == ["epoch_001.safetensors", "epoch_002.safetensors"]
+    for resume_from, nepochs in (("epoch_002", 4), ("epoch_004", 6)):
+        learner, cp = checkpointed(tmp_path, keep=2)
+        ft.fit_(learner, nepochs, resume=tmp_path / f"{resume_from}.safetensors")
+        # The checkpoint resumed from is rotated out like any other.
+        assert files(tmp_path) == [
+            f"epoch_{nepochs - 1:03d}.safetensors",
+            f"epoch_{nepochs:03d}.safetensors",
+        ]
+        assert cp.saved == [tmp_path / name for name in files(tmp_path)]
+
+
+def test_checkpointer_state_in_a_checkpoint_lists_the_files_kept_after_writing_it(tmp_path):
+    learner, _ = checkpointed(tmp_path, keep=2)
+    ft.fit_(learner, 3)
+    saved = ft.load(tmp_path / "epoch_003.safetensors", restore_rng=False)["learner"]
+    assert saved["callbacks"]["Checkpointer"]["saved"] == [
+        str(tmp_path / "epoch_002.safetensors"),
+        str(tmp_path / "epoch_003.safetensors"),
+    ]
+
+
+class FakeMetric(ft.Callback):
+    """Records the next of ``values`` as ``name`` at each training EpochEnd."""
+
+    writes = ("cbstate.metrics_epoch",)
+    handles = (ft.EpochEnd,)
+    runafter = (Metrics,)  # which makes cbstate.metrics_epoch
+
+    def __init__(self, values, name="Accuracy"):
+        self.values = list(values)
+        self.name = name
+        self.n = 0
+
+    def on(self, event, phase, learner):
+        if isinstance(phase, ft.AbstractTrainingPhase):
+            self.n += 1
+            learner.cbstate.metrics_epoch[phase].add(self.name, self.n, self.values[self.n - 1])
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+def test_checkpointer_keeps_the_best_k_by_a_metric_and_the_latest(tmp_path):
+    accs = [0.5, 0.9, 0.6, 0.8, 0.7, 0.95]
+    kw = dict(keep_best=2, metric="Accuracy", mode="max", phase=ft.AbstractTrainingPhase)
+    learner, cp = checkpointed(tmp_path, FakeMetric(accs), **kw)
+    ft.fit_(learner, 5)
+    # Best two: epoch 2 (0.9) and epoch 4 (0.8); epoch 5 is kept as the latest, to resume.
+    assert files(tmp_path) == [f"epoch_{e:03d}.safetensors" for e in (2, 4, 5)]
+    assert cp.best == [
+        (0.9, tmp_path / "epoch_002.safetensors"),
+        (0.8, tmp_path / "epoch_004.safetensors"),
+    ]
+    learner, cp = checkpointed(tmp_path, FakeMetric(accs), **kw)
+    ft.fit_(learner, 6, resume=tmp_path / "epoch_005.safetensors")
+    # Epoch 6 (0.95) is the best and the latest: epochs 4 and 5 go.
+    assert files(tmp_path) == ["epoch_002.safetensors", "epoch_006.safetensors"]
+
+
+def test_checkpointer_keep_best_needs_the_metric_recorded(tmp_path):
+    learner, _ = checkpointed(tmp_path, keep_best=1, metric="Accuracy")
+    with pytest.raises(KeyError, match=r"Checkpointer.*'Accuracy'.*recorded: \['Loss'\]"):
+        ft.fit_(learner, 1)
+    with pytest.raises(ValueError, match="keep_best must be"):
+        Checkpointer(tmp_path, keep_best=0)
+    with pytest.raises(ValueError, match="mode must be"):
+        Checkpointer(tmp_path, keep_best=1, mode="lowest")

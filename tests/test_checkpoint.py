@@ -522,3 +522,282 @@ def test_unregistered_rule_is_refused_at_save_and_registered_one_round_trips(tmp
     st2 = ft.setup(ft.Descent(), {"w": torch.ones(2)})
     ft.load(tmp_path / "c.safetensors", opt_state=st2)
     assert st2["w"].rule == Halve()
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14: everything the loader uses is checked, and every failure is a CheckpointError
+
+
+def _header_of(path):
+    raw = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return raw, n, json.loads(raw[8 : 8 + n])
+
+
+def _rewrite(path, edit_structure):
+    """Re-save ``path`` with its structure JSON edited and every checksum recomputed, as
+    someone who knows the format would."""
+    _, _, header = _header_of(path)
+    structure = json.loads(header["__metadata__"]["fluxtrain"])
+    edit_structure(structure)
+    ck._write_file(Path(path), json.dumps(structure), load_file(path))
+
+
+def test_swapping_the_data_offsets_of_two_same_shape_tensors_is_refused(tmp_path):
+    src = {"a": torch.full((4,), 1.0), "b": torch.full((4,), 2.0)}
+    path = tmp_path / "c.safetensors"
+    ft.save(path, model=src)
+    raw, n, header = _header_of(path)
+    oa, ob = header["model/a"]["data_offsets"], header["model/b"]["data_offsets"]
+    swapped = raw[8 : 8 + n].replace(
+        json.dumps({"data_offsets": oa}, separators=(",", ":"))[1:-1].encode(), b"@A@"
+    )
+    swapped = swapped.replace(
+        json.dumps({"data_offsets": ob}, separators=(",", ":"))[1:-1].encode(),
+        json.dumps({"data_offsets": oa}, separators=(",", ":"))[1:-1].encode(),
+    )
+    swapped = swapped.replace(
+        b"@A@", json.dumps({"data_offsets": ob}, separators=(",", ":"))[1:-1].encode()
+    )
+    assert len(swapped) == n and swapped != raw[8 : 8 + n]
+    path.write_bytes(raw[:8] + swapped + raw[8 + n :])
+    target = {"a": torch.zeros(4), "b": torch.zeros(4)}
+    with pytest.raises(ft.CheckpointError, match="tampered"):
+        ft.load(path, model=target)
+    assert torch.equal(target["a"], torch.zeros(4)) and torch.equal(target["b"], torch.zeros(4))
+
+
+def test_extra_metadata_or_reformatted_header_is_refused(tmp_path):
+    path = tmp_path / "c.safetensors"
+    ft.save(path, model={"w": torch.ones(2)})
+    raw, n, header = _header_of(path)
+    header["__metadata__"]["note"] = "added"
+    for text in (json.dumps(header, separators=(",", ":")), json.dumps(header, indent=1)):
+        h = text.encode()
+        h += b" " * (-len(h) % 8)
+        path.write_bytes(struct.pack("<Q", len(h)) + h + raw[8 + n :])
+        with pytest.raises(ft.CheckpointError, match="tampered"):
+            ft.load(path, model={"w": torch.zeros(2)})
+
+
+def _open_fifo_writer_later(fifo, stop):
+    """Connect a writer to ``fifo`` once a reader has opened it (so a blocking reader returns),
+    without ever blocking this thread; gives up when ``stop`` is set."""
+    import errno
+    import time
+
+    while not stop.is_set():
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise
+            time.sleep(0.01)
+            continue
+        os.close(fd)
+        return
+
+
+@pytest.mark.skipif(os.name != "posix", reason="devices and FIFOs are POSIX")
+@pytest.mark.parametrize("kind", ["dev_zero", "dev_urandom", "fifo", "directory"])
+def test_load_refuses_what_is_not_a_regular_file_without_reading_it(kind, tmp_path):
+    import threading
+
+    path = tmp_path / "c.safetensors"
+    stop = threading.Event()
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+        threading.Thread(target=_open_fifo_writer_later, args=(path, stop), daemon=True).start()
+    else:
+        os.symlink("/dev/zero" if kind == "dev_zero" else "/dev/urandom", path)
+    try:
+        with pytest.raises(ft.CheckpointError, match="not a regular file"):
+            ft.load(path, model={"w": torch.zeros(2)})
+    finally:
+        stop.set()
+
+
+def test_sizes_in_the_header_are_checked_against_the_file_length(tmp_path):
+    path = tmp_path / "c.safetensors"
+    ft.save(path, model={"w": torch.ones(1000)})
+    raw = path.read_bytes()
+    path.write_bytes(struct.pack("<Q", 50_000_000) + raw[8:])
+    with pytest.raises(ft.CheckpointError, match=r"header needs 50000000 bytes but the file has"):
+        ft.load(path)
+
+
+def test_malformed_rng_entry_is_refused_before_anything_changes(tmp_path):
+    path = tmp_path / "c.safetensors"
+    src = make()
+    ft.save(path, model=src, opt_state=ft.setup(ft.Adam(), src))
+
+    def break_python_rng(structure):
+        for item in structure["rng"]["__dict__"]:
+            if item[0] == "python":
+                item[1] = {"__tuple__": [3, [1, 2, 3], None]}  # 3 words instead of 625
+
+    _rewrite(path, break_python_rng)
+    target = make()
+    st = ft.setup(ft.Momentum(0.5), target)
+    before = snapshot(target, st)
+    torch_rng = torch.get_rng_state()
+    with pytest.raises(ft.CheckpointError, match=r"rng\.python"):
+        ft.load(path, model=target, opt_state=st)
+    assert_unchanged(before, target, st)
+    assert torch.equal(torch.get_rng_state(), torch_rng)
+    # Without restoring the RNG the entry is not used, so the load goes through.
+    ft.load(path, model=target, opt_state=st, restore_rng=False)
+    assert torch.equal(target[0].weight, src[0].weight)
+
+
+def _nested_header(tmp_path):
+    h = b"[" * 100_000 + b"]" * 100_000
+    (tmp_path / "x").write_bytes(struct.pack("<Q", len(h)) + h)
+    return tmp_path / "x"
+
+
+def _nested_structure(tmp_path):
+    ck._write_file(tmp_path / "x", "[" * 100_000 + "]" * 100_000, {})
+    return tmp_path / "x"
+
+
+def _long_number_in_header(tmp_path):
+    h = b'{"a":' + b"1" * 100_000 + b"}"
+    (tmp_path / "x").write_bytes(struct.pack("<Q", len(h)) + h)
+    return tmp_path / "x"
+
+
+def _long_number_in_structure(tmp_path):
+    ck._write_file(tmp_path / "x", '{"version": 1, "extra": {"n": ' + "7" * 100_000 + "}}", {})
+    return tmp_path / "x"
+
+
+def _non_rule_in_a_chain(tmp_path):
+    m = {"w": torch.ones(2)}
+    ft.save(tmp_path / "x", model=m, opt_state=ft.setup(ft.OptimiserChain(ft.Adam()), m))
+    not_a_rule = {"__object__": "FitProgress", "fields": {"nepochs": 1}}
+    _rewrite(
+        tmp_path / "x",
+        lambda s: s["opt_state"]["w"]["rule"]["fields"].update(opts={"__tuple__": [not_a_rule]}),
+    )
+    return tmp_path / "x"
+
+
+def _rule_class_instead_of_instance(tmp_path):
+    m = {"w": torch.ones(2)}
+    ft.save(tmp_path / "x", model=m, opt_state=ft.setup(ft.OptimiserChain(ft.Adam()), m))
+    _rewrite(
+        tmp_path / "x",
+        lambda s: s["opt_state"]["w"]["rule"]["fields"].update(
+            opts={"__tuple__": [{"__class__": "Adam"}]}
+        ),
+    )
+    return tmp_path / "x"
+
+
+@pytest.mark.parametrize(
+    "make_file, message",
+    [
+        (_nested_header, "damaged header"),
+        (_nested_structure, "damaged header"),
+        (_long_number_in_header, "damaged header"),
+        (_long_number_in_structure, "damaged header"),
+        (lambda tmp_path: tmp_path, "not a regular file"),
+        (_non_rule_in_a_chain, "opt_state.w.rule"),
+        (_rule_class_instead_of_instance, "opt_state.w.rule|cannot be set up"),
+    ],
+    ids=[
+        "nested-header",
+        "nested-structure",
+        "long-number-header",
+        "long-number-structure",
+        "directory",
+        "non-rule-in-chain",
+        "rule-class-in-chain",
+    ],
+)
+def test_every_unreadable_checkpoint_raises_checkpoint_error(make_file, message, tmp_path):
+    path = make_file(tmp_path)
+    m = {"w": torch.zeros(2)}
+    st = ft.setup(ft.Descent(), m)
+    with pytest.raises(ft.CheckpointError, match=message):
+        ft.load(path, model=m, opt_state=st)
+    assert torch.equal(m["w"], torch.zeros(2)) and st["w"].rule == ft.Descent()
+
+
+def test_missing_checkpoint_is_both_a_checkpoint_error_and_file_not_found(tmp_path):
+    with pytest.raises(ft.CheckpointError, match="no checkpoint at") as err:
+        ft.load(tmp_path / "nope.safetensors")
+    assert isinstance(err.value, FileNotFoundError)
+
+
+def test_next_save_removes_temporaries_that_dead_saves_left_in_the_folder(tmp_path):
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    orphans = [
+        tmp_path / f".epoch_{i:03d}.safetensors.{host}.{dead.pid}.a_{i}cdefg.tmp"
+        for i in range(1, 6)
+    ]
+    live = tmp_path / f".epoch_007.safetensors.{host}.{os.getppid()}.abcdefgh.tmp"
+    mine = [tmp_path / ".notes.tmp", tmp_path / f".x.{host}.{dead.pid}.txt"]
+    for p in [*orphans, live, *mine]:
+        p.write_bytes(b"half a checkpoint")
+    ft.save(tmp_path / "epoch_006.safetensors", model={"w": torch.ones(2)})
+    assert not any(p.exists() for p in orphans)
+    assert live.exists()  # a save in progress in a running process is left alone
+    assert all(p.exists() for p in mine)  # files that are not our temporaries are left alone
+
+
+def _as_legacy_file(path, edit_index=lambda index: None):
+    """Rewrite ``path`` as the previous version wrote it: a digest of names, dtypes and shapes
+    only (``fluxtrain_sha256``)."""
+    raw, n, header = _header_of(path)
+    meta = header.pop("__metadata__")
+    edit_index(header)
+    header["__metadata__"] = {
+        "format": meta["format"],
+        "fluxtrain": meta["fluxtrain"],
+        "fluxtrain_sha256": ck._legacy_header_digest(meta["fluxtrain"], header),
+        "fluxtrain_data_crc32": meta["fluxtrain_data_crc32"],
+    }
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    Path(path).write_bytes(struct.pack("<Q", len(h)) + h + raw[8 + n :])
+
+
+def test_files_of_the_previous_version_load_but_not_with_moved_offsets(tmp_path):
+    path = tmp_path / "c.safetensors"
+    ft.save(path, model={"a": torch.full((4,), 1.0), "b": torch.full((4,), 2.0)}, epoch=2)
+    _as_legacy_file(path)
+    target = {"a": torch.zeros(4), "b": torch.zeros(4)}
+    assert ft.load(path, model=target) == {"epoch": 2}
+    assert torch.equal(target["b"], torch.full((4,), 2.0))
+
+    def swap(index):
+        a, b = index["model/a"], index["model/b"]
+        a["data_offsets"], b["data_offsets"] = b["data_offsets"], a["data_offsets"]
+
+    _as_legacy_file(path, swap)  # the old digest does not cover offsets: the layout check does
+    target = {"a": torch.zeros(4), "b": torch.zeros(4)}
+    with pytest.raises(ft.CheckpointError, match=r"tensor 'model/a' is not where ft\.save puts it"):
+        ft.load(path, model=target)
+    assert torch.equal(target["a"], torch.zeros(4))
+
+
+def test_an_object_refusing_its_state_is_a_checkpoint_error_and_undoes_the_others(tmp_path):
+    X = torch.arange(20.0)
+    scaler = ft.LossScaler(init_scale=64.0)
+    scaler.update(True)
+    ft.save(tmp_path / "c.safetensors", scaler=scaler, data=ft.DataLoader(X, batchsize=4))
+    other = ft.LossScaler(init_scale=8.0)
+    before = other.state_dict()
+    with pytest.raises(ft.CheckpointError, match="the extra 'data' does not fit this DataLoader"):
+        ft.load(
+            tmp_path / "c.safetensors", scaler=other, data=ft.DataLoader(X, batchsize=5)
+        )  # the scaler is loaded first, then the loader refuses: the scaler gets its state back
+    assert other.state_dict() == before

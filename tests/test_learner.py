@@ -6,12 +6,15 @@ from __future__ import annotations
 import collections
 import copy
 import json
+import struct
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 import fluxtrain as ft
+from fluxtrain import checkpoint as ck
 from fluxtrain.learner.events import BackwardBegin, BackwardEnd, LossBegin
 
 
@@ -750,3 +753,187 @@ def test_a_bad_saved_state_changes_nothing():
         learner.load_state_dict(bad)
     assert learner.epoch == 1
     assert learner.cbstate.history[ft.TrainingPhase].steps == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14, item 11: cancellations where there is nothing of their kind to cancel
+
+
+class RaiseAt(ft.Callback):
+    """Raises ``exc`` at every ``event`` (FitBegin/FitEnd included, unlike CustomCallback)."""
+
+    def __init__(self, event, exc):
+        self.handles = (event,)
+        self.exc = exc
+
+    def on(self, event, phase, learner):
+        raise self.exc("test")
+
+
+@pytest.mark.parametrize(
+    "event, exc, where",
+    [
+        (ft.FitBegin, ft.CancelStepException, "between StepBegin and StepEnd"),
+        (ft.EpochBegin, ft.CancelStepException, "between StepBegin and StepEnd"),
+        (ft.EpochEnd, ft.CancelStepException, "between StepBegin and StepEnd"),
+        (ft.FitEnd, ft.CancelStepException, "between StepBegin and StepEnd"),
+        (ft.FitBegin, ft.CancelEpochException, "between EpochBegin and EpochEnd"),
+        (ft.FitEnd, ft.CancelEpochException, "between EpochBegin and EpochEnd"),
+    ],
+    ids=lambda x: getattr(x, "__name__", None),
+)
+def test_cancelling_what_is_not_running_is_an_error_saying_where_it_may_be_raised(
+    event, exc, where
+):
+    data = batches(2)
+    cb = RaiseAt(event, exc)
+    learner = linear_learner([cb], data=(data, data))
+    with pytest.raises(RuntimeError, match=where) as info:
+        ft.fit_(learner, 2)
+    msg = str(info.value)
+    assert exc.__name__ in msg and event.__name__ in msg and "RaiseAt" in msg
+    assert isinstance(info.value.__cause__, exc)
+    assert learner.progress is None
+
+
+def test_cancel_step_outside_any_step_is_an_error_outside_fit_too():
+    learner = linear_learner([RaiseAt(ft.EpochEnd, ft.CancelStepException)])
+    with pytest.raises(RuntimeError, match="outside any step"):
+        ft.epoch_(learner, ft.TrainingPhase(), batches(2))
+
+    def epochfn(handle):  # epoch code, not in a step
+        raise ft.CancelStepException("test")
+
+    with pytest.raises(RuntimeError, match="outside any step"):
+        ft.runepoch(epochfn, linear_learner(), ft.TrainingPhase())
+
+
+def test_cancel_epoch_at_epoch_end_skips_the_rest_of_epoch_end_and_fitting_goes_on():
+    # FluxTraining.jl's runepoch catches a CancelEpochException from EpochEnd's handlers.
+    log = EventLog()
+    data = batches(2)
+    learner = linear_learner([RaiseAt(ft.EpochEnd, ft.CancelEpochException), log], data=data)
+    ft.fit_(learner, 3)
+    assert learner.epoch == 3 and learner.stop_reason is None
+    assert [e for e, _ in log.log].count("EpochEnd") == 0  # the later callback was skipped
+    assert [e for e, _ in log.log].count("EpochBegin") == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14, item 12: a fit cancelled at EpochEnd counts that epoch, and its checkpoint is written
+
+
+def diverging_learner(folder, *extra, patience=2, restore_best=False):
+    """Trains on y = 3x and validates on y = -3x, so that the validation loss rises every
+    epoch: EarlyStopping(patience) stops after epoch patience + 1."""
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randint(1, 11, (4, 1), generator=g).float() for _ in range(3)]
+    train = [(x, 3 * x) for x in xs]
+    valid = [(x, -3 * x) for x in xs[:2]]
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    cbs = [
+        ft.callbacks.Recorder(),
+        ft.callbacks.Metrics(),
+        ft.callbacks.Checkpointer(folder),
+        ft.callbacks.EarlyStopping(patience, **({"restore_best": True} if restore_best else {})),
+        *extra,
+    ]
+    return ft.Learner(model, mae, ft.Descent(0.01), callbacks=cbs, data=(train, valid))
+
+
+def test_early_stopping_with_checkpointer_epoch_count_names_and_resume_agree(tmp_path):
+    learner = diverging_learner(tmp_path)
+    ft.fit_(learner, 10)
+    assert "has not improved for 2 epoch(s)" in learner.stop_reason.msg
+    ran = learner.cbstate.history[ft.TrainingPhase].epochs
+    assert ran == 3 and learner.epoch == 3
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[-1] == "epoch_003.safetensors" and len(names) == 3
+    saved = ft.load(tmp_path / "epoch_003.safetensors", restore_rng=False)["learner"]
+    assert saved["callbacks"]["EarlyStopping"]["wait"] == 2
+
+    resumed = diverging_learner(tmp_path)
+    ft.fit_(resumed, 10, resume=tmp_path / "epoch_003.safetensors")
+    # Epoch 4 ran (not epoch 3 again), and did not improve either: stopped after it.
+    assert resumed.cbstate.history[ft.TrainingPhase].epochs == 4
+    assert resumed.epoch == 4
+    assert sorted(p.name for p in tmp_path.iterdir())[-1] == "epoch_004.safetensors"
+
+
+def test_fit_cancelled_at_a_training_epoch_end_skips_validation_and_counts_the_epoch(tmp_path):
+    class StopAfterSecondTraining(ft.Callback):
+        handles = (ft.EpochEnd,)
+        reads = ("epoch",)
+        runbefore = (ft.callbacks.Checkpointer,)
+
+        def on(self, event, phase, learner):
+            if isinstance(phase, ft.AbstractTrainingPhase) and learner.epoch == 1:
+                raise ft.CancelFittingException("enough")
+
+    log = EventLog()
+    data = batches(2)
+    cp = ft.callbacks.Checkpointer(tmp_path)
+    learner = linear_learner([StopAfterSecondTraining(), cp, log], data=(data, data))
+    ft.fit_(learner, 5)
+    assert learner.epoch == 2 and learner.stop_reason.msg == "enough"
+    assert [p.name for p in cp.saved] == ["epoch_001.safetensors", "epoch_002.safetensors"]
+    # The callbacks after the one that stopped still saw that EpochEnd.
+    assert log.log[-2:] == [("EpochEnd", "TrainingPhase"), ("FitEnd", None)]
+    resumed = linear_learner(
+        [StopAfterSecondTraining(), ft.callbacks.Checkpointer(tmp_path)], data=(data, data)
+    )
+    with pytest.warns(UserWarning, match="callback 'EventLog', which this learner does not"):
+        ft.fit_(resumed, 3, resume=cp.saved[-1])
+    assert resumed.epoch == 3
+
+
+def test_early_stopping_restore_best_puts_back_the_best_weights_at_the_end(tmp_path):
+    weights = []
+    spy = ft.callbacks.CustomCallback(
+        lambda lr: weights.append(lr.model.weight.detach().clone()),
+        ft.EpochEnd,
+        ft.ValidationPhase,
+        reads=("model",),
+    )
+    learner = diverging_learner(tmp_path, spy, restore_best=True)
+    ft.fit_(learner, 10)
+    assert len(weights) == 3 and not torch.equal(weights[0], weights[-1])
+    assert torch.equal(learner.model.weight, weights[0])  # epoch 1 had the lowest loss
+    # The best weights travel in the checkpoint, so a resumed run restores them too.
+    resumed = diverging_learner(tmp_path, restore_best=True)
+    with pytest.warns(UserWarning, match="callback 'CustomCallback', which this learner does"):
+        ft.fit_(resumed, 10, resume=tmp_path / "epoch_003.safetensors")
+    assert torch.equal(resumed.model.weight, weights[0])
+    plain = diverging_learner(tmp_path / "plain")
+    ft.fit_(plain, 10)
+    assert torch.equal(plain.model.weight, weights[-1])  # without restore_best: the last
+
+
+def test_resume_with_a_bad_learner_state_changes_nothing(tmp_path):
+    data = batches(2)
+    learner = linear_learner(
+        [ft.callbacks.Recorder(), ft.callbacks.Checkpointer(tmp_path)], data=(data, data)
+    )
+    ft.fit_(learner, 2)
+    path = tmp_path / "epoch_001.safetensors"
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    structure = json.loads(header["__metadata__"]["fluxtrain"])
+    learner_state = dict(structure["extra"]["learner"]["__dict__"])
+    rng = learner_state["rng"]["__dict__"]
+    for item in rng:
+        if item[0] == "torch":
+            item[1] = "AAAA"  # 3 bytes: no generator takes that
+    # Re-written with every checksum recomputed: the file itself is sound.
+    ck._write_file(path, json.dumps(structure), load_file(path))
+
+    fresh = linear_learner(
+        [ft.callbacks.Recorder(), ft.callbacks.Checkpointer(tmp_path)], data=(data, data)
+    )
+    weight = fresh.model.weight.detach().clone()
+    with pytest.raises(ValueError, match="malformed RNG states"):
+        ft.fit_(fresh, 3, resume=path)
+    assert torch.equal(fresh.model.weight, weight)
+    assert fresh.epoch == 0 and fresh.cbstate.history[ft.TrainingPhase].epochs == 0

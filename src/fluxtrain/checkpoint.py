@@ -15,18 +15,44 @@ mismatch, is an error naming the path.  A model wrapped in ``DistributedDataPara
 
 Writes are atomic: the file is written under a temporary name in the same directory, flushed to
 disk, renamed over the target and the directory synced, so a crash during ``save`` leaves the
-previous checkpoint intact.  Loading validates everything (checksums, paths, shapes, dtypes,
-rules) before it changes anything, so a failed load leaves the model and state as they were.
+previous checkpoint intact.  The temporary files that crashed saves on this machine left behind
+(their process is gone) are removed by the next ``save`` into the same folder.
+
+What ``load`` checks, before it changes anything:
+
+- the path is a regular file (a directory, FIFO, device such as ``/dev/zero``, or a symlink to
+  one is refused without reading), and every size in the file is checked against its length
+  before the bytes are read, so ``load`` never reads past the file's end nor allocates room
+  for bytes the file does not have;
+- the header is byte for byte what ``save`` writes for its content, and its SHA-256 covers all
+  of it: the structure JSON, the data checksum and each tensor's name, dtype, shape and byte
+  offsets; the tensors must lie where ``save`` puts them (in name order, back to back); the
+  tensor bytes must match their CRC-32.  So a file edited anywhere, even by swapping the offsets
+  of two tensors of the same shape, is refused;
+- the paths, shapes and dtypes against the model and optimiser state, the rules (each must be
+  able to set up its parameter), the optimiser state's layout, and the RNG states (each tried
+  on a scratch generator).
+
+Only then are objects given as ``name=obj`` loaded (all or none), the tensors copied and the
+RNG states set, so a failed load leaves the model, the state and the RNGs as they were.  Every
+failure to read a checkpoint is a :class:`CheckpointError` (a missing file is its subclass
+:class:`CheckpointNotFoundError`, also a ``FileNotFoundError``).  The checksums detect damage
+and edits; they are not a signature, so load checkpoints only from sources you trust to give
+you the right weights (nothing in a checkpoint can run code either way).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
+import re
 import socket
+import stat
 import struct
 import sys
 import tempfile
@@ -44,7 +70,14 @@ from .optimisers.rules import Rule
 from .optimisers.state import Leaf, unwrap
 from .tree import KeyPath, Node, children
 
-__all__ = ["CheckpointError", "LoadResult", "load", "register_checkpoint_class", "save"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "LoadResult",
+    "load",
+    "register_checkpoint_class",
+    "save",
+]
 
 _FORMAT = "fluxtrain-checkpoint"
 _VERSION = 1
@@ -78,6 +111,20 @@ for _name, _code in (
 class CheckpointError(ValueError):
     """A checkpoint cannot be written or read, or does not fit the model; the message says
     which file and which tree path."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """There is no checkpoint at the path given to :func:`load`: a :class:`CheckpointError`
+    that is also the ``FileNotFoundError`` Python code expects for a missing file.
+
+    Example:
+        >>> import fluxtrain as ft
+        >>> try:
+        ...     ft.load("no/such/file.safetensors")
+        ... except ft.CheckpointError as e:
+        ...     print(type(e).__name__, isinstance(e, FileNotFoundError))
+        CheckpointNotFoundError True
+    """
 
 
 class LoadResult(dict):
@@ -384,6 +431,28 @@ def _signature(x: Any) -> Any:
     return type(x).__name__
 
 
+def _expected_signature(rule: Rule, shape: tuple, dtype: torch.dtype, p: str, r: _Reader) -> Any:
+    """The layout of ``rule``'s state for a parameter of ``shape`` and ``dtype``.
+
+    Found on a meta tensor (nothing allocated); a rule that cannot work on meta tensors is
+    tried on a real one.  A rule that cannot set up the parameter at all (a malformed rule,
+    such as a chain holding something that is not a rule) is refused here, before anything
+    is changed.
+    """
+    try:
+        return _signature(rule.init(torch.empty(shape, dtype=dtype, device="meta")))
+    except Exception:
+        pass
+    try:
+        return _signature(rule.init(torch.zeros(shape, dtype=dtype)))
+    except Exception as e:
+        raise r.error(
+            f"the rule at opt_state.{p}.rule cannot be set up for a parameter of shape "
+            f"{list(shape)} and dtype {str(dtype).removeprefix('torch.')}: "
+            f"{type(e).__name__}: {e}"
+        ) from None
+
+
 def _describe(sig: Any) -> str:
     if isinstance(sig, tuple) and sig and sig[0] == "tensor":
         return f"tensor{list(sig[1])} {str(sig[2]).removeprefix('torch.')}"
@@ -427,6 +496,35 @@ def _rng_state() -> dict[str, Any]:
     return out
 
 
+def _check_rng_state(st: Any, r: _Reader) -> None:
+    """Refuse RNG states that the generators would not accept, trying each on a scratch
+    generator so that the global ones are not touched."""
+    if not isinstance(st, Mapping):
+        raise r.error("malformed entry at rng: not a dict of generator states")
+    unknown = set(st) - {"torch", "numpy", "python", "cuda"}
+    if unknown:
+        raise r.error(f"malformed entry at rng: unknown generator(s) {sorted(unknown)}")
+    for key, value in st.items():
+        try:
+            if key == "torch":
+                if not isinstance(value, torch.Tensor):
+                    raise TypeError(f"expected a tensor, got {type(value).__name__}")
+                torch.Generator().set_state(value)
+            elif key == "numpy":
+                np.random.RandomState().set_state(tuple(value))
+            elif key == "python":
+                version, internal, gauss = value
+                random.Random().setstate((version, tuple(internal), gauss))
+            else:
+                if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.dim() == 1
+                    for t in value
+                ):
+                    raise TypeError("expected a list of uint8 tensors")
+        except (TypeError, ValueError, RuntimeError, OverflowError, IndexError, KeyError) as e:
+            raise r.error(f"malformed RNG state at rng.{key}: {e}") from None
+
+
 def _set_rng_state(st: Mapping[str, Any]) -> None:
     if "torch" in st:
         torch.set_rng_state(st["torch"])
@@ -444,7 +542,19 @@ def _set_rng_state(st: Mapping[str, Any]) -> None:
 # The file format: safetensors with our JSON in its metadata
 
 
-def _header_digest(structure: str, index: Mapping[str, Any]) -> str:
+def _header_digest(metadata: Mapping[str, Any], index: Mapping[str, Any]) -> str:
+    """SHA-256 of everything in the header but the digest itself: our metadata (structure JSON,
+    data checksum, format) and every tensor entry whole (dtype, shape AND data_offsets), so that
+    nothing the loader uses to place bytes can change unnoticed."""
+    meta = {k: v for k, v in metadata.items() if k != "fluxtrain_header_sha256"}
+    payload = json.dumps([meta, index], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _legacy_header_digest(structure: str, index: Mapping[str, Any]) -> str:
+    """The digest of files written before offsets were covered (``fluxtrain_sha256``): the
+    structure plus each tensor's name, dtype and shape.  Such files are accepted only with the
+    canonical layout, which fixes the offsets from those (see :func:`_tensor_layout`)."""
     entries = sorted((k, v["dtype"], list(v["shape"])) for k, v in index.items())
     payload = json.dumps([structure, entries], separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -475,27 +585,32 @@ def _temp_prefix(path: Path, pid: int) -> str:
     return f".{path.name}.{socket.gethostname()}.{pid}."
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete temporary files that a save killed on this machine left behind."""
-    head = f".{path.name}.{socket.gethostname()}."
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Delete the temporary files that saves killed on this machine left in ``directory``.
+
+    Ours are named ``.<checkpoint name>.<host>.<pid>.<8 random characters>.tmp`` (see
+    :func:`_temp_prefix` and ``tempfile.mkstemp``); one is removed when its process is gone, so
+    a save still running in another process keeps its file.  Anything else is left alone.
+    """
+    pattern = re.compile(
+        r"\..+\." + re.escape(socket.gethostname()) + r"\.(\d+)\.[a-z0-9_]{8}\.tmp\Z"
+    )
     try:
-        names = os.listdir(path.parent)
+        names = os.listdir(directory)
     except OSError:
         return
     for name in names:
-        if not (name.startswith(head) and name.endswith(".tmp")):
-            continue
-        pid = name[len(head) :].split(".", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
+        m = pattern.match(name)
+        if m is None or int(m.group(1)) == os.getpid():
             continue
         try:
-            os.kill(int(pid), 0)  # still running: its save is in progress
+            os.kill(int(m.group(1)), 0)  # still running: its save is in progress
         except ProcessLookupError:
             try:
-                os.unlink(path.parent / name)
+                os.unlink(directory / name)
             except OSError:
                 pass
-        except OSError:
+        except (OSError, OverflowError):
             pass
 
 
@@ -533,17 +648,14 @@ def _write_file(path: Path, structure: str, tensors: dict[str, torch.Tensor]) ->
         }
         offset += b.nbytes
     header = dict(index)
-    header["__metadata__"] = {
-        "format": _FORMAT,
-        "fluxtrain": structure,
-        "fluxtrain_sha256": _header_digest(structure, index),
-        "fluxtrain_data_crc32": str(crc),
-    }
+    metadata = {"format": _FORMAT, "fluxtrain": structure, "fluxtrain_data_crc32": str(crc)}
+    metadata["fluxtrain_header_sha256"] = _header_digest(metadata, index)
+    header["__metadata__"] = metadata
     hbytes = json.dumps(header, separators=(",", ":")).encode()
     hbytes += b" " * (-len(hbytes) % 8)  # safetensors aligns the data on 8 bytes
 
     directory = str(path.parent)
-    _remove_stale_temporaries(path)
+    _remove_stale_temporaries(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path, os.getpid()), suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -562,67 +674,191 @@ def _write_file(path: Path, structure: str, tensors: dict[str, torch.Tensor]) ->
     _fsync_dir(directory)
 
 
-def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Parse and verify a checkpoint file; return its structure JSON and its tensors."""
-    where = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {where}") from None
-    if raw[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or raw[:4] == b"PK\x03\x04":
-        raise CheckpointError(
-            f"{where} is a pickle / torch.save file, not a fluxtrain checkpoint; it was not "
-            f"opened, because unpickling can run arbitrary code"
-        )
-    if len(raw) < 8:
-        raise CheckpointError(f"{where} is truncated or empty ({len(raw)} bytes)")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if n > _MAX_HEADER:
-        raise CheckpointError(f"{where} is not a checkpoint: its header length {n} is implausible")
-    if 8 + n > len(raw):
-        raise CheckpointError(
-            f"{where} is truncated: the header needs {n} bytes but the file has {len(raw) - 8}"
-        )
-    try:
-        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{where} has a damaged header (not valid JSON: {e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{where} has a damaged header (not a JSON object)")
-    meta = header.pop("__metadata__", None)
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT or "fluxtrain" not in meta:
-        raise CheckpointError(f"{where} is a safetensors file but not a fluxtrain checkpoint")
-    structure_json = meta["fluxtrain"]
-    try:
-        digest = _header_digest(structure_json, header)
-    except (KeyError, TypeError):
-        raise CheckpointError(f"{where} has a damaged header (bad tensor index)") from None
-    if digest != meta.get("fluxtrain_sha256"):
-        raise CheckpointError(
-            f"{where} has a damaged or tampered header: its checksum does not match its content"
-        )
-    data = memoryview(raw)[8 + n :]
-    try:
-        expected = max((int(v["data_offsets"][1]) for v in header.values()), default=0)
-    except (KeyError, TypeError, ValueError, IndexError):
-        raise CheckpointError(f"{where} has a damaged header (bad tensor offsets)") from None
-    if len(data) < expected:
-        raise CheckpointError(
-            f"{where} is truncated: {expected} bytes of tensor data expected, {len(data)} found"
-        )
-    if str(zlib.crc32(data)) != meta.get("fluxtrain_data_crc32"):
-        raise CheckpointError(f"{where} is damaged: the tensor data does not match its checksum")
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
+def _open_regular(path: Path) -> tuple[Any, int]:
+    """``path`` opened for reading, and its length; refuses anything but a regular file.
 
+    Opened without blocking (a FIFO would otherwise wait for a writer) and checked with
+    ``fstat`` on the open descriptor, so a device, FIFO, socket or directory (or a symlink to
+    one, such as ``/dev/zero``) is refused before a byte is read.
+    """
+    where = str(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        tensors = st_load(raw)
-    except (SafetensorError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{where} is not a valid safetensors file: {e}") from None
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"no checkpoint at {where}") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{where} is not a regular file (a directory)") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot open {where}: {e.strerror or e}") from None
     try:
-        structure = json.loads(structure_json)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{where} has a damaged header (structure: {e})") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = (
+                "a directory"
+                if stat.S_ISDIR(st.st_mode)
+                else "a FIFO"
+                if stat.S_ISFIFO(st.st_mode)
+                else "a device"
+                if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket or other special file"
+            )
+            raise CheckpointError(
+                f"{where} is not a regular file ({kind}); a checkpoint is a file written by ft.save"
+            )
+        return os.fdopen(fd, "rb", buffering=0), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_into(f: Any, buf: memoryview, where: str) -> None:
+    got = 0
+    while got < len(buf):
+        try:
+            k = f.readinto(buf[got:])
+        except OSError as e:
+            raise CheckpointError(f"cannot read {where}: {e.strerror or e}") from None
+        if not k:
+            raise CheckpointError(f"{where} became shorter while it was read")
+        got += k
+
+
+def _json(text: bytes | str, where: str, what: str) -> Any:
+    """``json.loads`` whose every failure is a :class:`CheckpointError`."""
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            f"{where} has a damaged header ({what} is not valid JSON: {e})"
+        ) from None
+    except (ValueError, RecursionError) as e:  # 100,000-digit numbers, nesting 100,000 deep
+        raise CheckpointError(f"{where} has a damaged header ({what}: {e})") from None
+
+
+_CODE_DTYPES = {code: dt for dt, code in _DTYPE_CODES.items()}
+
+
+def _tensor_layout(
+    index: Mapping[str, Any], where: str
+) -> dict[str, tuple[torch.dtype, list, int, int]]:
+    """Each tensor's dtype, shape and byte range, checked to be the layout :func:`_write_file`
+    writes: in name order, back to back from offset 0, each exactly its shape's size."""
+    layout = {}
+    offset = 0
+    for name in sorted(index):
+        entry = index[name]
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise CheckpointError(f"{where} has a damaged header (tensor entry {name!r})")
+        dtype = _CODE_DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if (
+            dtype is None
+            or not isinstance(shape, list)
+            or not all(type(d) is int and d >= 0 for d in shape)
+            or not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)
+        ):
+            raise CheckpointError(f"{where} has a damaged header (tensor entry {name!r})")
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if offsets != [offset, offset + nbytes]:
+            raise CheckpointError(
+                f"{where} has a damaged or tampered header: tensor {name!r} is not where "
+                f"ft.save puts it (bytes {offsets}, expected {[offset, offset + nbytes]})"
+            )
+        layout[name] = (dtype, shape, offset, offset + nbytes)
+        offset += nbytes
+    return layout
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Parse and verify a checkpoint file; return its structure JSON and its tensors.
+
+    Sizes are checked against the file's length before anything is read, the header must be
+    byte for byte what :func:`_write_file` writes for its content, its SHA-256 must match
+    (covering tensor names, dtypes, shapes and byte offsets), and the tensor bytes must match
+    their CRC-32.  Every failure is a :class:`CheckpointError`.
+    """
+    where = str(path)
+    f, size = _open_regular(path)
+    with f:
+        head = bytearray(min(8, size))
+        _read_into(f, memoryview(head), where)
+        if (
+            head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+            or head[:4] == b"PK\x03\x04"
+        ):
+            raise CheckpointError(
+                f"{where} is a pickle / torch.save file, not a fluxtrain checkpoint; it was not "
+                f"opened, because unpickling can run arbitrary code"
+            )
+        if size < 8:
+            raise CheckpointError(f"{where} is truncated or empty ({size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER:
+            raise CheckpointError(
+                f"{where} is not a checkpoint: its header length {n} is implausible"
+            )
+        if 8 + n > size:
+            raise CheckpointError(
+                f"{where} is truncated: the header needs {n} bytes but the file has {size - 8}"
+            )
+        hraw = bytearray(n)
+        _read_into(f, memoryview(hraw), where)
+        header = _json(bytes(hraw), where, "the header")
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{where} has a damaged header (not a JSON object)")
+        meta = header.get("__metadata__")
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT or "fluxtrain" not in meta:
+            raise CheckpointError(f"{where} is a safetensors file but not a fluxtrain checkpoint")
+        exact = json.dumps(header, separators=(",", ":")).encode()
+        exact += b" " * (-len(exact) % 8)
+        index = {k: v for k, v in header.items() if k != "__metadata__"}
+        structure_json = meta["fluxtrain"]
+        try:
+            if "fluxtrain_header_sha256" in meta:
+                digest_ok = _header_digest(meta, index) == meta["fluxtrain_header_sha256"]
+            else:  # written before the digest covered offsets: the layout check fixes them
+                digest_ok = _legacy_header_digest(structure_json, index) == meta.get(
+                    "fluxtrain_sha256"
+                ) and set(meta) == {
+                    "format",
+                    "fluxtrain",
+                    "fluxtrain_sha256",
+                    "fluxtrain_data_crc32",
+                }
+        except (KeyError, TypeError, ValueError, RecursionError):
+            raise CheckpointError(f"{where} has a damaged header (bad tensor index)") from None
+        if not digest_ok or bytes(hraw) != exact or not isinstance(structure_json, str):
+            raise CheckpointError(
+                f"{where} has a damaged or tampered header: its checksum does not match its content"
+            )
+        layout = _tensor_layout(index, where)
+        expected = max((end for *_, end in layout.values()), default=0)
+        if 8 + n + expected > size:
+            raise CheckpointError(
+                f"{where} is truncated: {expected} bytes of tensor data expected, "
+                f"{size - 8 - n} found"
+            )
+        if 8 + n + expected < size:
+            raise CheckpointError(
+                f"{where} is damaged: {size - 8 - n - expected} bytes follow the tensor data"
+            )
+        data = bytearray(expected)
+        view = memoryview(data)
+        _read_into(f, view, where)
+    if str(zlib.crc32(view)) != meta.get("fluxtrain_data_crc32"):
+        raise CheckpointError(f"{where} is damaged: the tensor data does not match its checksum")
+    tensors = {}
+    for name, (dtype, shape, start, end) in layout.items():
+        if start == end:
+            t = torch.empty(shape, dtype=dtype)
+        else:  # bytes first, then the dtype: a copy of its own, aligned for any dtype
+            raw = torch.frombuffer(data, dtype=torch.uint8, count=end - start, offset=start)
+            t = raw.clone().view(dtype).reshape(shape)
+        tensors[name] = t
+    structure = _json(structure_json, where, "the structure")
     if not isinstance(structure, dict) or structure.get("version") != _VERSION:
         raise CheckpointError(f"{where}: unsupported checkpoint version")
     return structure, tensors
@@ -723,7 +959,10 @@ def load(
     ``.skipped`` (and warned about).  The optimiser state gets the checkpoint's rules (with their
     hyperparameters), frozen flags and state, even if it was set up with another rule.  RNG
     states are restored unless ``restore_rng=False``.  Everything is checked before anything
-    changes, so a failed load leaves model and state as they were.  Nothing is unpickled.
+    changes (the file, its checksums, paths, shapes, dtypes, rules, state layouts, RNG states;
+    see the module docs), so a failed load leaves model, state, objects and RNGs as they were.
+    Every failure to read the checkpoint, or an object given as ``name=obj`` refusing its
+    state, is a :class:`CheckpointError`.  Nothing is unpickled.
 
     Example:
         >>> import torch, tempfile, os, fluxtrain as ft
@@ -734,41 +973,58 @@ def load(
         tensor([1., 2.])
     """
     path = Path(path)
+    for name, obj in targets.items():  # the caller's mistake, told before the file is read
+        if not hasattr(obj, "load_state_dict"):
+            raise TypeError(
+                f"load: {name}= must be an object with load_state_dict(), got {type(obj).__name__}"
+            )
     structure, tensors = _read_file(path)
     r = _Reader(tensors, str(path))
     skipped: list[str] = []
     copies: list[Callable[[], None]] = []
-    stateful: list[tuple[Any, Any]] = []
+    stateful: list[tuple[str, Any, Any]] = []
 
     def problem(msg: str) -> None:
         if strict:
             raise r.error(msg)
         skipped.append(msg)
 
-    if model is not None:
-        _plan_model(model, structure, r, problem, copies)
-    if opt_state is not None:
-        _plan_opt_state(opt_state, model, structure, r, problem, copies)
-
-    extras_raw = structure.get("extra", {})
-    if not isinstance(extras_raw, dict):
-        raise r.error("malformed extras")
-    extras = {k: _decode(v, f"extra.{k}", r) for k, v in extras_raw.items()}
-    for name, obj in targets.items():
-        if name not in extras:
-            problem(f"the checkpoint has no extra {name!r} to load into {type(obj).__name__}")
-            continue
-        if not hasattr(obj, "load_state_dict"):
-            raise TypeError(
-                f"load: {name}= must be an object with load_state_dict(), got {type(obj).__name__}"
-            )
-        stateful.append((obj, extras[name]))
-    rng = _decode(structure["rng"], "rng", r) if restore_rng and "rng" in structure else None
+    try:  # plan: read and check everything, change nothing
+        if model is not None:
+            _plan_model(model, structure, r, problem, copies)
+        if opt_state is not None:
+            _plan_opt_state(opt_state, model, structure, r, problem, copies)
+        extras_raw = structure.get("extra", {})
+        if not isinstance(extras_raw, dict):
+            raise r.error("malformed extras")
+        extras = {k: _decode(v, f"extra.{k}", r) for k, v in extras_raw.items()}
+        for name, obj in targets.items():
+            if name not in extras:
+                problem(f"the checkpoint has no extra {name!r} to load into {type(obj).__name__}")
+                continue
+            stateful.append((name, obj, extras[name]))
+        rng = None
+        if restore_rng and "rng" in structure:
+            rng = _decode(structure["rng"], "rng", r)
+            _check_rng_state(rng, r)
+    except CheckpointError:
+        raise
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+        RuntimeError,
+    ) as e:  # whatever else a hostile or damaged structure provokes
+        raise r.error(f"damaged or unsupported content ({type(e).__name__}: {e})") from e
 
     # Everything we can check was checked.  Objects such as a DataLoader validate their own
-    # state in load_state_dict, so they go first: if one refuses, model and state are untouched.
-    for obj, sd in stateful:
-        obj.load_state_dict(sd)
+    # state in load_state_dict, so they go first: if one refuses, model and state are untouched
+    # and the objects loaded before it get their old state back.
+    _load_stateful(stateful, r)
     with torch.no_grad():
         for c in copies:
             c()
@@ -782,6 +1038,30 @@ def load(
             stacklevel=2,
         )
     return LoadResult(extras, skipped=skipped)
+
+
+def _load_stateful(stateful: list[tuple[str, Any, Any]], r: _Reader) -> None:
+    """``obj.load_state_dict(sd)`` for each ``(name, obj, sd)``, all or none: on a failure the
+    objects already loaded are given back their previous ``state_dict()``.  An object refusing
+    its state is a :class:`CheckpointError` naming the extra (the object's own error chained)."""
+    done: list[tuple[Any, Any]] = []
+    try:
+        for name, obj, sd in stateful:
+            old = obj.state_dict() if callable(getattr(obj, "state_dict", None)) else None
+            old = copy.deepcopy(old)
+            try:
+                obj.load_state_dict(sd)
+            except Exception as e:
+                raise r.error(
+                    f"the extra {name!r} does not fit this {type(obj).__name__}: "
+                    f"{type(e).__name__}: {e}"
+                ) from e
+            done.append((obj, old))
+    except BaseException:
+        for obj, old in reversed(done):
+            if old is not None:
+                obj.load_state_dict(old)
+        raise
 
 
 def _plan_model(model, structure, r, problem, copies) -> None:
@@ -841,6 +1121,10 @@ def _plan_opt_state(opt_state, model, structure, r, problem, copies) -> None:
             rule = rules[rule_json]
             if not isinstance(rule, Rule):
                 raise r.error(f"the optimiser entry at {p} has no rule")
+            try:
+                hash(rule)
+            except TypeError as e:  # a rule is frozen; a field of the wrong kind is not
+                raise r.error(f"malformed rule at opt_state.{p}.rule: {e}") from None
             state = _decode(entry.get("state"), f"opt_state.{p}.state", r)
             decoded[p] = (rule, bool(entry.get("frozen", False)), state)
         rule, frozen, state = decoded[p]
@@ -862,11 +1146,7 @@ def _plan_opt_state(opt_state, model, structure, r, problem, copies) -> None:
         if like is not None:
             key = (rule, tuple(like[0]), like[1])
             if key not in expected_sigs:
-                try:  # the state's layout for this rule and parameter, without allocating it
-                    meta = torch.empty(key[1], dtype=like[1], device="meta")
-                    expected_sigs[key] = _signature(rule.init(meta))
-                except Exception:  # a rule that cannot init on meta tensors: trust the file
-                    expected_sigs[key] = None
+                expected_sigs[key] = _expected_signature(rule, key[1], like[1], p, r)
             expected = expected_sigs[key]
             if expected is not None and expected != _signature(state):
                 problem(

@@ -16,6 +16,9 @@ the epoch, swallows a :class:`~fluxtrain.CancelEpochException`, and, when not in
 :func:`~fluxtrain.fit_`, ends on a :class:`~fluxtrain.CancelFittingException` by recording it in
 ``learner.stop_reason``.
 
+A ``CancelStepException`` where no step runs, or a ``CancelEpochException`` where no epoch runs,
+is a ``RuntimeError`` saying where it may be raised (see :func:`misplaced_cancel`).
+
 One limit of Python's ``with``: a cancellation raised by a ``StepBegin``/``EpochBegin`` callback
 cannot skip the block from inside it, so it leaves the ``with`` statement; :func:`step_` and
 :func:`epoch_` (and the function forms) catch it.  Built-in phases use the function forms.
@@ -29,11 +32,41 @@ from typing import Any
 from torch import nn
 
 from ..tree import children
-from .events import EpochBegin, EpochEnd, Event, StepBegin, StepEnd
+from .events import EpochBegin, EpochEnd, Event, FitBegin, FitEnd, StepBegin, StepEnd
 from .exceptions import CancelEpochException, CancelFittingException, CancelStepException
 from .state import StepState
 
 __all__ = ["Handle", "runepoch", "runstep"]
+
+# Events at which no step runs, and at which no epoch runs.
+_OUTSIDE_STEPS = (FitBegin, FitEnd, EpochBegin, EpochEnd)
+_OUTSIDE_EPOCHS = (FitBegin, FitEnd)
+
+
+def misplaced_cancel(e: BaseException, where: str, event: Any = None) -> RuntimeError | None:
+    """The error to raise instead of ``e`` when it cancels something that is not running:
+    a :class:`~fluxtrain.CancelStepException` outside any step (at ``EpochBegin``,
+    ``EpochEnd``, ``FitBegin``, ``FitEnd`` or in epoch code outside ``runstep``), or a
+    :class:`~fluxtrain.CancelEpochException` outside any epoch (at ``FitBegin``/``FitEnd``).
+    ``None`` when ``e`` is where it may be.  ``where`` says who raised it and when.
+
+    FluxTraining.jl catches each only around its step (``runstep``) or epoch (``runepoch``);
+    anywhere else it escapes ``fit!``.  Here it becomes an error saying where it may be raised.
+    """
+    if isinstance(e, CancelStepException) and (event is None or isinstance(event, _OUTSIDE_STEPS)):
+        return RuntimeError(
+            f"{type(e).__name__} raised {where}, outside any step: it may only be raised "
+            f"between StepBegin and StepEnd (by step code, or by a callback at StepBegin, "
+            f"LossBegin, BackwardBegin, BackwardEnd or StepEnd); raise CancelEpochException to "
+            f"skip the rest of an epoch, or CancelFittingException to end fitting"
+        )
+    if isinstance(e, CancelEpochException) and isinstance(event, _OUTSIDE_EPOCHS):
+        return RuntimeError(
+            f"{type(e).__name__} raised {where}, outside any epoch: it may only be raised "
+            f"between EpochBegin and EpochEnd (by epoch or step code, or by a callback at any "
+            f"event from EpochBegin to EpochEnd); raise CancelFittingException to end fitting"
+        )
+    return None
 
 
 class Handle:
@@ -201,6 +234,9 @@ class EpochRun:
                 return True
             if isinstance(e, CancelFittingException):
                 return self._stop(e, reraise=False)
+            bad = misplaced_cancel(e, f"during the epoch of {self.phase!r} by its epoch code")
+            if bad is not None:
+                raise bad from e
             return False
         finally:
             _restore_mode(self._saved)

@@ -46,15 +46,32 @@ class FitException(Exception):
 
 
 class CancelStepException(FitException):
-    """Skip the rest of the current step (its remaining events, ``StepEnd`` included)."""
+    """Skip the rest of the current step (its remaining events, ``StepEnd`` included).
+
+    It may only be raised between ``StepBegin`` and ``StepEnd``: by step code, or by a
+    callback at ``StepBegin``, ``LossBegin``, ``BackwardBegin``, ``BackwardEnd`` or ``StepEnd``.
+    Raised anywhere else (at ``EpochBegin``, ``EpochEnd``, ``FitBegin``, ``FitEnd``, or by epoch
+    code outside a step) it becomes a ``RuntimeError`` saying so.
+    """
 
 
 class CancelEpochException(FitException):
-    """Skip the rest of the current epoch (``EpochEnd`` is not fired); fitting goes on."""
+    """Skip the rest of the current epoch (``EpochEnd`` is not fired); fitting goes on.
+
+    It may be raised from ``EpochBegin`` to ``EpochEnd``.  Raised by a callback at ``EpochEnd``,
+    the callbacks that have not yet seen that ``EpochEnd`` are skipped (FluxTraining.jl's
+    ``runepoch``).  Raised at ``FitBegin`` or ``FitEnd``, where no epoch runs, it becomes a
+    ``RuntimeError`` saying so.
+    """
 
 
 class CancelFittingException(FitException):
-    """End fitting: :func:`~fluxtrain.fit_` fires ``FitEnd``, records the reason, and returns."""
+    """End fitting: :func:`~fluxtrain.fit_` fires ``FitEnd``, records the reason, and returns.
+
+    Raised at an ``EpochEnd`` it ends fitting after that epoch: the callbacks after the one
+    that raised it still see the ``EpochEnd`` (``Checkpointer`` saves the epoch), the epoch's
+    remaining phases are skipped and the epoch counts in ``learner.epoch``.
+    """
 
 
 class ProtectedAccessError(AttributeError):

@@ -13,6 +13,7 @@ FluxTraining.jl ``src/learner.jl`` and ``src/training.jl``, with fluxtrain's cha
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import random
 import warnings
@@ -25,7 +26,8 @@ import torch
 from ..optimisers import Adam, Rule, leaves, setup
 from .access import GuardedView, Permissions
 from .callback import Callback
-from .events import Event, FitBegin, FitEnd
+from .control import misplaced_cancel
+from .events import EpochEnd, Event, FitBegin, FitEnd
 from .exceptions import CallbackOrderError, CancelFittingException, FitException
 from .ordering import declared_paths, order_callbacks
 from .phases import TrainingPhase, ValidationPhase, epoch_
@@ -192,20 +194,40 @@ class _Runner:
         self.table[evtype] = out
         return out
 
-    def dispatch(self, event: Event, phase: Any) -> None:
+    def dispatch(
+        self,
+        event: Event,
+        phase: Any,
+        finish: Callable[[CancelFittingException], None] | None = None,
+    ) -> None:
+        """Call each callback's ``on``.  With ``finish`` (at ``EpochEnd``), a
+        ``CancelFittingException`` does not stop the dispatch: ``finish(e)`` is called, the
+        remaining callbacks still see the event, then the first such exception is raised."""
         entries = self.table.get(type(event))
         if entries is None:
             entries = self.entries(type(event))
+        stop = None
         for cb, on, view in entries:
             try:
                 on(event, phase, view)
             except FitException as e:
                 if e.callback is None:
                     e.callback = cb
+                during = "" if phase is None else f" during {phase!r}"
+                bad = misplaced_cancel(e, f"by {cb!r} at {type(event).__name__}{during}", event)
+                if bad is not None:
+                    raise bad from e
+                if finish is not None and isinstance(e, CancelFittingException):
+                    if stop is None:
+                        stop = e
+                        finish(e)
+                    continue
                 raise
             except Exception as e:
                 e.add_note(f"(raised by callback {cb!r} on {event!r} during {phase!r})")
                 raise
+        if stop is not None:
+            raise stop
 
 
 class Learner:
@@ -398,7 +420,17 @@ class Learner:
         return old
 
     def _dispatch(self, event: Event, phase: Any) -> None:
-        self._runner.dispatch(event, phase)
+        if type(event) is EpochEnd:
+            self._runner.dispatch(event, phase, self._finish_epoch)
+        else:
+            self._runner.dispatch(event, phase)
+
+    def _finish_epoch(self, e: CancelFittingException) -> None:
+        """Fitting was cancelled at an ``EpochEnd``: this epoch's work is done and the rest of
+        its phases will not run, so it counts as a finished epoch (for the callbacks still to
+        see this ``EpochEnd``, such as ``Checkpointer``, and for :func:`fit_`)."""
+        if self.progress is not None:
+            self.progress.phases_done = self.progress.nphases
 
     # -----------------------------------------------------------------------------------------
     # Saving and resuming
@@ -442,7 +474,8 @@ class Learner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (model and optimiser state are restored by
         ``ft.checkpoint.load``).  The next ``fit_(..., resume=...)`` continues after the saved
-        epoch."""
+        epoch.  All or nothing: if any part is refused (a callback's or a data iterator's
+        ``load_state_dict``, the RNG states), the learner is left as it was."""
         if not isinstance(state, dict) or state.get("format") != _FORMAT:
             raise ValueError(
                 f"not a saved learner state (expected format {_FORMAT!r}, got "
@@ -453,6 +486,7 @@ class Learner:
             raise ValueError(f"the saved learner state lacks {sorted(missing)}")
         # Decode everything before changing anything, so that a bad state changes nothing.
         cbstate = {k: from_plain(v) for k, v in state["cbstate"].items()}
+        _check_rng_state(state["rng"])
         by_key = dict(self._callback_keys())
         for key in state["callbacks"]:
             if key not in by_key:
@@ -461,17 +495,34 @@ class Learner:
                     f"have; its state is ignored",
                     stacklevel=2,
                 )
-        self.epoch = int(state["epoch"])
-        self._resume_progress = state["progress"]
-        for k, v in cbstate.items():
-            self.cbstate[k] = v
-        for key, cb in by_key.items():
-            if key in state["callbacks"]:
-                cb.load_state_dict(state["callbacks"][key])
-        for name, d in zip(LearnerData._fields, self.data):
-            if name in state["data"] and callable(getattr(d, "load_state_dict", None)):
-                d.load_state_dict(state["data"][name])
-        _set_rng_state(state["rng"])
+        epoch = int(state["epoch"])
+        # Callbacks and data iterators check their own state as they load it: if one refuses,
+        # what was loaded before it is put back from this snapshot.
+        before = (self.epoch, self._resume_progress, {k: self.cbstate[k] for k in self.cbstate})
+        undo: list[tuple[Any, Any]] = []
+        try:
+            for key, cb in by_key.items():
+                if key in state["callbacks"]:
+                    undo.append((cb, copy.deepcopy(cb.state_dict())))
+                    cb.load_state_dict(state["callbacks"][key])
+            for name, d in zip(LearnerData._fields, self.data):
+                if name in state["data"] and callable(getattr(d, "load_state_dict", None)):
+                    old = d.state_dict() if callable(getattr(d, "state_dict", None)) else None
+                    undo.append((d, copy.deepcopy(old)))
+                    d.load_state_dict(state["data"][name])
+            self.epoch = epoch
+            self._resume_progress = state["progress"]
+            for k, v in cbstate.items():
+                self.cbstate[k] = v
+            _set_rng_state(state["rng"])
+        except BaseException:
+            for obj, old in reversed(undo):
+                if old is not None:
+                    obj.load_state_dict(old)
+            self.epoch, self._resume_progress = before[0], before[1]
+            for k, v in before[2].items():
+                self.cbstate[k] = v
+            raise
 
     def __repr__(self) -> str:
         model = type(self.model).__name__
@@ -509,6 +560,23 @@ def _rng_state() -> dict[str, Any]:
     }
 
 
+def _check_rng_state(state: Any) -> None:
+    """Refuse saved RNG states the generators would not take, trying each on a scratch
+    generator (the global ones are not touched)."""
+    try:
+        torch.Generator().set_state(_unb64(state["torch"]))
+        for s in state.get("cuda") or []:
+            if not isinstance(s, str):
+                raise TypeError("a CUDA state must be a base64 string")
+            _unb64(s)
+        py = state["python"]
+        random.Random().setstate((py[0], tuple(py[1]), py[2]))
+        npst = state["numpy"]
+        np.random.RandomState().set_state((npst[0], np.array(npst[1], dtype=np.uint32), *npst[2:]))
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError, OverflowError) as e:
+        raise ValueError(f"the saved learner state has malformed RNG states: {e}") from None
+
+
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(_unb64(state["torch"]))
     if state.get("cuda") and torch.cuda.is_available():
@@ -523,16 +591,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 # fit_
 
 
-def _default_load(path: Any, model: Any, opt_state: Any) -> dict[str, Any]:
+def _resume(path: Any, learner: Learner) -> None:
+    """Load model, optimiser state and learner state from the checkpoint at ``path``, all or
+    nothing: ``ft.load`` checks the file, the model and the state, then loads the learner state
+    first, so if that is refused nothing has changed."""
     from .. import checkpoint
 
-    load = getattr(checkpoint, "load", None)
-    if load is None:
-        raise RuntimeError(
-            "fit_(..., resume=path) needs fluxtrain.checkpoint.load, which this installation "
-            "does not have; pass load_fn=... to fit_"
-        )
-    return load(path, model=model, opt_state=opt_state)
+    checkpoint.load(path, model=learner.model, opt_state=learner.opt_state, learner=learner)
 
 
 def fit_(
@@ -550,11 +615,19 @@ def fit_(
     path written by ``Checkpointer``), the model, optimiser state and learner state are loaded
     first with ``fluxtrain.checkpoint.load`` (or ``load_fn``, same signature), and the run
     continues after the last saved epoch of the interrupted ``fit_`` call: re-running the same
-    ``fit_(learner, nepochs, resume=path)`` completes the planned ``nepochs``.
+    ``fit_(learner, nepochs, resume=path)`` completes the planned ``nepochs``.  Resuming is all
+    or nothing: with the default loader the file, the model, the optimiser state and the
+    learner state are all checked before any of them changes.
 
     A :class:`~fluxtrain.CancelFittingException` (``EarlyStopping``, ``StopOnNaNLoss``, or your
     own) ends fitting cleanly: ``FitEnd`` fires, ``learner.stop_reason`` holds the exception,
-    and ``fit_`` returns.  Other exceptions propagate.
+    and ``fit_`` returns.  Raised at an ``EpochEnd``, it ends fitting after that epoch: the
+    callbacks after the one that raised it still see the ``EpochEnd`` (so ``Checkpointer``
+    saves the epoch), the epoch's remaining phases are skipped, and the epoch counts in
+    ``learner.epoch``; a run resumed from its checkpoint goes on with the next epoch.
+    A ``CancelStepException`` raised outside a step, or a ``CancelEpochException`` raised
+    outside an epoch (at ``FitBegin``/``FitEnd``), is a ``RuntimeError`` saying where it may be
+    raised.  Other exceptions propagate.
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -578,16 +651,17 @@ def fit_(
 
     start, skip = 0, 0
     if resume is not None:
-        extras = (load_fn or _default_load)(
-            resume, model=learner.model, opt_state=learner.opt_state
-        )
-        if "learner" not in extras:
-            raise ValueError(
-                f"fit_(..., resume={resume!r}): the checkpoint has no learner state (extras: "
-                f"{sorted(extras)}); write checkpoints with ft.callbacks.Checkpointer, or pass "
-                f"learner=learner.state_dict() to ft.save"
-            )
-        learner.load_state_dict(extras["learner"])
+        if load_fn is None:
+            _resume(resume, learner)
+        else:
+            extras = load_fn(resume, model=learner.model, opt_state=learner.opt_state)
+            if "learner" not in extras:
+                raise ValueError(
+                    f"fit_(..., resume={resume!r}): the checkpoint has no learner state (extras: "
+                    f"{sorted(extras)}); write checkpoints with ft.callbacks.Checkpointer, or "
+                    f"pass learner=learner.state_dict() to ft.save"
+                )
+            learner.load_state_dict(extras["learner"])
         saved = learner._resume_progress
         if saved is not None:
             start, skip = int(saved["epoch"]), int(saved["phases_done"])
@@ -614,6 +688,8 @@ def fit_(
                 learner.epoch += 1
         except CancelFittingException as e:
             learner.stop_reason = e
+            if progress.phases_done >= progress.nphases:  # cancelled at the epoch's EpochEnd
+                learner.epoch += 1
         try:
             learner._dispatch(FitEnd(), None)
         except CancelFittingException as e:

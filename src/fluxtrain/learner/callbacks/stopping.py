@@ -11,11 +11,13 @@ from typing import Any
 
 import torch
 
+from ...checkpoint import _model_tensors
 from ..callback import Callback
-from ..events import BackwardEnd, EpochEnd, Event, StepEnd
+from ..events import BackwardEnd, EpochEnd, Event, FitEnd, StepEnd
 from ..exceptions import CancelFittingException
 from ..phases import AbstractTrainingPhase, AbstractValidationPhase
 from ..state import phase_key
+from .device import ToDevice
 
 __all__ = ["EarlyStopping", "StopOnNaNLoss"]
 
@@ -72,14 +74,27 @@ class EarlyStopping(Callback):
     FluxTraining.jl's ``EarlyStopping(1)`` (EarlyStopping.jl ``Patience(1)``) does for a loss
     that goes up.
 
+    It stops at that epoch's ``EpochEnd``, so the epoch counts as done: ``learner.epoch``
+    includes it, the callbacks after this one (``Checkpointer``, loggers) still see its
+    ``EpochEnd``, and a run resumed from its checkpoint goes on with the next epoch.
+
+    With ``restore_best=True`` it keeps a copy (on the CPU) of the model's parameters and
+    buffers from the best epoch and copies it back into the model at ``FitEnd``, so the fit
+    ends with the best weights seen (Keras's ``restore_best_weights``; the optimiser state is
+    not restored).  The copy is part of the callback's state, so it travels in checkpoints and
+    a resumed run restores it too (each checkpoint then holds the model twice).
+
     Example:
         >>> from fluxtrain.callbacks import EarlyStopping
         >>> EarlyStopping(3, metric="Accuracy", mode="max")
         EarlyStopping(patience=3, metric='Accuracy', mode='max')
+        >>> EarlyStopping(2, restore_best=True)
+        EarlyStopping(patience=2, metric='Loss', mode='min', restore_best=True)
     """
 
     reads = ("cbstate.metrics_epoch",)
     handles = (EpochEnd,)
+    runafter = (ToDevice,)  # both write the model when restore_best=True
 
     def __init__(
         self,
@@ -88,6 +103,7 @@ class EarlyStopping(Callback):
         mode: str = "min",
         min_delta: float = 0.0,
         phase: type = AbstractValidationPhase,
+        restore_best: bool = False,
     ) -> None:
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise ValueError(f"EarlyStopping: patience must be an int >= 1, got {patience!r}")
@@ -95,13 +111,23 @@ class EarlyStopping(Callback):
             raise ValueError(f"EarlyStopping: mode must be 'min' or 'max', got {mode!r}")
         if min_delta < 0:
             raise ValueError(f"EarlyStopping: min_delta must be >= 0, got {min_delta}")
+        if not isinstance(restore_best, bool):
+            raise TypeError(
+                f"EarlyStopping: restore_best must be True or False, got {restore_best!r}"
+            )
         self.patience = patience
         self.metric = metric
         self.mode = mode
         self.min_delta = min_delta
         self.phase = phase
+        self.restore_best = restore_best
         self.best: float | None = None
         self.wait = 0
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        if restore_best:
+            self.reads = ("cbstate.metrics_epoch", "model")  # type: ignore[misc]
+            self.writes = ("model",)  # type: ignore[misc]
+            self.handles = (EpochEnd, FitEnd)  # type: ignore[misc]
 
     def _improves(self, v: float) -> bool:
         if self.best is None:
@@ -111,6 +137,10 @@ class EarlyStopping(Callback):
         return v > self.best + self.min_delta
 
     def on(self, event: Event, phase: Any, learner: Any) -> None:
+        if isinstance(event, FitEnd):
+            if self.restore_best and self.best_weights is not None:
+                self._restore(learner.model)
+            return
         if not isinstance(phase, self.phase):
             return
         hist = learner.cbstate.metrics_epoch[phase]
@@ -122,6 +152,10 @@ class EarlyStopping(Callback):
         v = hist.last(self.metric)
         if self._improves(v):
             self.best, self.wait = v, 0
+            if self.restore_best:
+                self.best_weights = {
+                    p: t.detach().to("cpu", copy=True) for p, t in _model_tensors(learner.model)
+                }
             return
         self.wait += 1
         if self.wait >= self.patience:
@@ -130,13 +164,35 @@ class EarlyStopping(Callback):
                 f"{self.wait} epoch(s) (best {self.best:.6g}, last {v:.6g})"
             )
 
+    def _restore(self, model: Any) -> None:
+        best = self.best_weights or {}
+        present = dict(_model_tensors(model))
+        if present.keys() != best.keys() or any(present[p].shape != best[p].shape for p in present):
+            raise ValueError(
+                "EarlyStopping(restore_best=True): the model's parameters and buffers are no "
+                "longer those the best weights were taken from; nothing was restored"
+            )
+        with torch.no_grad():
+            for p, t in present.items():
+                t.copy_(best[p])
+
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "wait": self.wait}
+        out: dict[str, Any] = {"best": self.best, "wait": self.wait}
+        if self.restore_best:
+            out["best_weights"] = self.best_weights
+        return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.wait = state["best"], int(state["wait"])
+        best, wait = state["best"], int(state["wait"])
+        weights = state.get("best_weights")
+        if weights is not None and not (
+            isinstance(weights, dict) and all(isinstance(t, torch.Tensor) for t in weights.values())
+        ):
+            raise ValueError("EarlyStopping: best_weights must be a dict of tensors")
+        self.best, self.wait = best, wait
+        if self.restore_best:
+            self.best_weights = weights
 
     def __repr__(self) -> str:
-        return (
-            f"EarlyStopping(patience={self.patience}, metric={self.metric!r}, mode={self.mode!r})"
-        )
+        out = f"EarlyStopping(patience={self.patience}, metric={self.metric!r}, mode={self.mode!r}"
+        return out + (", restore_best=True)" if self.restore_best else ")")
