@@ -168,7 +168,7 @@ def test_early_stopping_alone_gets_the_default_metrics_it_watches():
     with contextlib.redirect_stdout(io.StringIO()):
         ft.fit_(learner, 5)
     assert isinstance(learner.stop_reason, ft.CancelFittingException)
-    assert learner.epoch == 1  # stopped in the second epoch, after one without improvement
+    assert learner.epoch == 2  # the second epoch ran (no improvement) and counts
     assert learner.get_callback(Metrics) is not None
 
 
