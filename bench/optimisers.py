@@ -1,27 +1,33 @@
-"""Optimiser-step throughput: fluxtrain's update_ against torch.optim (and optax, if installed).
+"""Optimiser-step throughput and memory: fluxtrain's update_ against torch.optim, same run.
 
-One run measures, on the same tensors:
+For each layout of float32 parameters (10 tensors of 1M; a stack of transformer-MLP blocks,
+114 tensors; the 76 tensors of a 6-layer GPT-2) and each rule, one run times, interleaved
+round by round on the same machine state:
 
-* the machine's streaming limit (a large copy and a triad, bytes read + written);
-* ``ft.update_`` and torch.optim (for-loop, foreach, fused where it exists) for Adam, AdamW,
-  Momentum, RMSProp and Lion, on 10M float32 parameters laid out as
-  (a) 10 tensors of 1M, (b) 2000 tensors of 5k, (c) a real layer mix (an MLP with LayerNorms);
-* optax under ``jax.jit`` for the same rules, if jax/optax are importable.
+* ``ft.update_`` on the ``.grad`` path (as after ``loss.backward()``);
+* ``ft.update_`` with an explicit gradient tree (as from ``ft.gradient``), for Adam and Momentum;
+* every mode of the torch.optim optimiser with the same maths (for-loop, foreach, fused);
+* ``torch.optim.Adam(fused=True)`` on the same tensors, the yardstick of every row.
 
-GB/s counts the minimal traffic of a step (Adam: read p, g, m, v and write p, m, v = 28 bytes
-per float32 parameter; one-state rules: 20 bytes).  The table gives GB/s, the fraction of the
-streaming limit, and our ratio to the best peer; the same figures go to
-bench/results/optimisers.json.
+GB/s counts the bytes a step must move (Adam: read p, g, m, v and write p, m, v = 28 bytes per
+float32 parameter; one-state rules 20).  Each row gives the ratio of its GB/s to fused Adam's in
+the same round, as the median and the spread (min-max) over rounds.  Then the optimiser's memory
+growth (peak RSS of a fresh process over setup + 3 steps, minus the model and its gradients) is
+compared with fused Adam's.  Compiling happens before timing and its time is reported: one kernel
+per rule structure, whatever the number of tensors.
 
-    python bench/optimisers.py            # full run (about two minutes)
-    python bench/optimisers.py --quick    # 1M parameters, few repeats
+    python bench/optimisers.py            # full run (several minutes)
+    python bench/optimisers.py --quick    # small layouts, few rounds
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,188 +35,236 @@ import torch
 from torch import nn
 
 import fluxtrain as ft
+from fluxtrain.optimisers import compiled
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import best_time
+from _timing import best_time, machine
 
-BYTES = {"Adam": 28, "AdamW": 28, "Momentum": 20, "RMSProp": 20, "Lion": 20}
+RULES: dict[str, Callable[[], ft.Rule]] = {
+    "Adam": lambda: ft.Adam(1e-3),
+    "AdamW": lambda: ft.AdamW(1e-3, lambd=0.01),
+    "NAdam": lambda: ft.NAdam(1e-3),
+    "AdaBelief": lambda: ft.AdaBelief(1e-3),
+    "Momentum": lambda: ft.Momentum(1e-3, 0.9),
+    "Nesterov": lambda: ft.Nesterov(1e-3, 0.9),
+    "RMSProp": lambda: ft.RMSProp(1e-3),
+    "Lion": lambda: ft.Lion(1e-4),
+    "AdaGrad": lambda: ft.AdaGrad(1e-2),
+}
+BYTES = {"Momentum": 20, "Nesterov": 20, "RMSProp": 20, "Lion": 20, "AdaGrad": 20}
+
+# torch.optim optimisers with the same maths (Nesterov: torch's formulation of the same method).
+TORCH_PEERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "Adam": lambda ps, **kw: torch.optim.Adam(ps, lr=1e-3, **kw),
+    "AdamW": lambda ps, **kw: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01, **kw),
+    "Momentum": lambda ps, **kw: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, **kw),
+    "Nesterov": lambda ps, **kw: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, nesterov=True, **kw),
+    "RMSProp": lambda ps, **kw: torch.optim.RMSprop(ps, lr=1e-3, **kw),
+    "AdaGrad": lambda ps, **kw: torch.optim.Adagrad(ps, lr=1e-2, **kw),
+}
+FUSED = {"Adam", "AdamW", "Momentum", "Nesterov", "AdaGrad"}
 
 
-def streaming_limit(n: int, reps: int) -> dict[str, float]:
-    a, b, c = torch.randn(n), torch.randn(n), torch.randn(n)
-    copy = 8 * n / best_time(lambda: b.copy_(a), reps)
-    triad = 12 * n / best_time(lambda: torch.add(a, c, alpha=2.0, out=b), reps)
-    return {"copy": copy / 1e9, "triad": triad / 1e9, "limit": max(copy, triad) / 1e9}
+def layouts(scale: float) -> dict[str, Callable[[], nn.Module]]:
+    def many() -> nn.Module:
+        m = nn.Module()
+        n = int(1_000_000 * scale)
+        m.ps = nn.ParameterList([nn.Parameter(torch.randn(n)) for _ in range(10)])
+        return m
 
-
-def layouts(total: int) -> dict[str, Callable[[], nn.Module]]:
-    def many(k: int) -> Callable[[], nn.Module]:
-        def make() -> nn.Module:
-            m = nn.Module()
-            m.ps = nn.ParameterList([nn.Parameter(torch.randn(total // k)) for _ in range(k)])
-            return m
-
-        return make
-
-    def mlp() -> nn.Module:
-        # A stack of transformer-MLP-like blocks: big matrices, biases and LayerNorms.
-        width = 256 if total >= 5_000_000 else 96
-        per_block = 2 * 4 * width * width + 4 * width + 3 * width
-        blocks = max(1, total // per_block)
+    def mlp_blocks() -> nn.Module:
+        # 38 blocks of LayerNorm + Linear(w, 4w) + Linear(4w, w): 114 tensors.
+        width = max(16, int(256 * scale**0.5))
         layers: list[nn.Module] = []
-        for _ in range(blocks):
-            layers += [
-                nn.LayerNorm(width),
-                nn.Linear(width, 4 * width),
-                nn.Linear(4 * width, width),
-            ]
+        for _ in range(19):
+            layers += [nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.Linear(4 * width, width)]
         return nn.Sequential(*layers)
 
-    return {"a: 10 x 1M": many(10), "b: 2000 x 5k": many(2000), "c: MLP layer mix": mlp}
+    def gpt2() -> nn.Module:
+        # The parameter shapes of a 6-layer GPT-2 (76 tensors), built directly.
+        d, vocab = max(32, int(512 * scale**0.5)), max(1000, int(50257 * scale))
+        m = nn.Module()
+        m.wte, m.wpe = nn.Embedding(vocab, d), nn.Embedding(1024, d)
+        blocks = []
+        for _ in range(6):
+            b = nn.Module()
+            b.ln_1, b.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            b.c_attn, b.attn_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            b.c_fc, b.mlp_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+            blocks.append(b)
+        m.h = nn.ModuleList(blocks)
+        m.ln_f = nn.LayerNorm(d)
+        return m
+
+    return {"10 x 1M": many, "MLP blocks": mlp_blocks, "GPT-2 layout": gpt2}
 
 
-def ours(rule_name: str, model: nn.Module) -> Callable[[], object]:
-    rule = {
-        "Adam": ft.Adam(1e-3),
-        "AdamW": ft.AdamW(1e-3, lambd=0.01),
-        "Momentum": ft.Momentum(1e-3, 0.9),
-        "RMSProp": ft.RMSProp(1e-3),
-        "Lion": ft.Lion(1e-4),
-    }[rule_name]
-    state = ft.setup(rule, model)
-    ft.update_(state, model)  # packs the buffers and attaches the .grad views
-    return lambda: ft.update_(state, model)
-
-
-def ours_tree(rule_name: str, model: nn.Module) -> Callable[[], object]:
-    """update_ with an explicit gradient tree (as from ft.gradient): gathers into the buffer."""
-    state = ft.setup(ft.Adam(1e-3) if rule_name == "Adam" else ft.Momentum(1e-3), model)
-    grads = ft.tree.fmap(lambda p: torch.randn_like(p), model)
-    ft.update_(state, model, grads)
-    return lambda: ft.update_(state, model, grads)
-
-
-def torch_peers(rule_name: str, model: nn.Module) -> dict[str, Callable[[], object]]:
-    params = list(model.parameters())
-    make = {
-        "Adam": lambda **kw: torch.optim.Adam(params, lr=1e-3, **kw),
-        "AdamW": lambda **kw: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, **kw),
-        "Momentum": lambda **kw: torch.optim.SGD(params, lr=1e-3, momentum=0.9, **kw),
-        "RMSProp": lambda **kw: torch.optim.RMSprop(params, lr=1e-3, **kw),
-    }.get(rule_name)
-    if make is None:
-        return {}  # torch.optim has no Lion
-    out = {
-        "torch for-loop": make(foreach=False),
-        "torch foreach": make(foreach=True),
-    }
-    if rule_name in ("Adam", "AdamW", "Momentum"):
-        out["torch fused"] = make(fused=True)
-    return {k: opt.step for k, opt in out.items()}
-
-
-def optax_peer(rule_name: str, model: nn.Module) -> Callable[[], object] | None:
-    try:
-        import jax
-        import jax.numpy as jnp
-        import optax
-    except ImportError:
-        return None
-    tx = {
-        "Adam": optax.adam(1e-3),
-        "AdamW": optax.adamw(1e-3, weight_decay=0.01),
-        "Momentum": optax.sgd(1e-3, momentum=0.9),
-        "RMSProp": optax.rmsprop(1e-3),
-        "Lion": optax.lion(1e-4),
-    }[rule_name]
-    params = [jnp.asarray(p.detach().numpy()) for p in model.parameters()]
-    grads = [jnp.asarray(p.grad.numpy()) for p in model.parameters()]
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, grads):
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-    box = [params, opt_state]
-
-    def run() -> None:
-        box[0], box[1] = step(box[0], box[1], grads)
-        jax.block_until_ready(box[0])
-
-    return run
-
-
-def fresh(make_model: Callable[[], nn.Module]) -> nn.Module:
+def fresh(make: Callable[[], nn.Module]) -> nn.Module:
     torch.manual_seed(0)
-    model = make_model()
+    model = make()
     for p in model.parameters():
         p.grad = torch.randn_like(p) * 1e-2
     return model
 
 
+def ours(rule: str, model: nn.Module) -> Callable[[], object]:
+    state = ft.setup(RULES[rule](), model)
+    return lambda: ft.update_(state, model)
+
+
+def ours_tree(rule: str, model: nn.Module) -> Callable[[], object]:
+    state = ft.setup(RULES[rule](), model)
+    grads = ft.fmap(lambda p: p.grad, model)  # a gradient tree, as ft.gradient returns
+    return lambda: ft.update_(state, model, grads)
+
+
+def torch_modes(rule: str, model: nn.Module) -> dict[str, Callable[[], object]]:
+    make = TORCH_PEERS.get(rule)
+    if make is None:
+        return {}
+    out = {"torch for-loop": make(list(model.parameters()), foreach=False)}
+    out["torch foreach"] = make(list(model.parameters()), foreach=True)
+    if rule in FUSED:
+        out["torch fused"] = make(list(model.parameters()), fused=True)
+    return {k: opt.step for k, opt in out.items()}
+
+
+def memory_child(layout: str, impl: str, rule: str, scale: float) -> None:
+    """Run in a fresh process: print the peak RSS growth of setup + 3 steps (bytes)."""
+
+    def peak() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM")
+
+    model = fresh(layouts(scale)[layout])
+    # Peak RSS after the model and its gradients exist: only the optimiser's growth is counted.
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
+    base = peak()
+    if impl == "torch fused Adam":
+        step = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True).step
+    else:
+        step = ours(rule, model)
+    for _ in range(3):
+        step()
+    print(peak() - base)
+
+
+def memory_growth(layout: str, impl: str, rule: str, scale: float) -> int:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", layout, impl, rule, str(scale)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1M parameters, few repeats")
-    parser.add_argument("--rules", default="Adam,AdamW,Momentum,RMSProp,Lion")
+    parser.add_argument("--quick", action="store_true", help="small layouts, few rounds")
+    parser.add_argument("--rules", default=",".join(RULES))
+    parser.add_argument("--layouts", default=None, help="comma-separated layout names")
+    parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "optimisers.json"))
+    parser.add_argument("--memory-child", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    total = 1_000_000 if args.quick else 10_000_000
-    reps = 3 if args.quick else 15
+    if args.memory_child:
+        layout, impl, rule, scale = args.memory_child
+        memory_child(layout, impl, rule, float(scale))
+        return
+    scale = 0.1 if args.quick else 1.0
+    rounds = args.rounds or (3 if args.quick else 5)
+    reps = 3
     torch.set_num_threads(torch.get_num_threads())
-
-    limit = streaming_limit(total, reps)
-    print(
-        f"streaming limit: copy {limit['copy']:.1f} GB/s, triad {limit['triad']:.1f} GB/s "
-        f"-> limit {limit['limit']:.1f} GB/s  ({torch.get_num_threads()} threads)"
-    )
+    compiled.configure(min_numel=1 if args.quick else None)
+    chosen = layouts(scale)
+    if args.layouts:
+        chosen = {k: v for k, v in chosen.items() if k in args.layouts.split(",")}
     rows = []
-    for case, make_model in layouts(total).items():
-        n = sum(p.numel() for p in make_model().parameters())
-        ntensors = len(list(make_model().parameters()))
-        for rule_name in args.rules.split(","):
-            nbytes = BYTES[rule_name] * n
-            impls: dict[str, Callable[[], object]] = {}
-            impls["fluxtrain update_"] = ours(rule_name, fresh(make_model))
-            if rule_name in ("Adam", "Momentum"):
-                impls["fluxtrain update_ (grad tree)"] = ours_tree(rule_name, fresh(make_model))
-            impls.update(torch_peers(rule_name, fresh(make_model)))
-            peer = optax_peer(rule_name, fresh(make_model))
-            if peer is not None:
-                impls["optax jit"] = peer
-            speeds = {k: nbytes / best_time(f, reps, warmup=2) / 1e9 for k, f in impls.items()}
-            peers = {k: v for k, v in speeds.items() if not k.startswith("fluxtrain")}
-            best_peer = max(peers.items(), key=lambda kv: kv[1]) if peers else (None, None)
-            torch_modes = {k: v for k, v in peers.items() if k.startswith("torch")}
-            best_torch = max(torch_modes.values()) if torch_modes else None
-            for impl, gbs in speeds.items():
+    compile_seconds = {}
+    for case, make in chosen.items():
+        probe = make()
+        n = sum(p.numel() for p in probe.parameters())
+        ntensors = len(list(probe.parameters()))
+        del probe
+        print(f"\n{case}: {ntensors} tensors, {n / 1e6:.1f}M parameters")
+        for rule in args.rules.split(","):
+            nbytes = BYTES.get(rule, 28) * n
+            impls: dict[str, Callable[[], object]] = {
+                "torch fused Adam (yardstick)": torch_modes("Adam", fresh(make))["torch fused"]
+            }
+            t0, c0 = time.perf_counter(), compiled.compile_count()
+            impls["fluxtrain .grad"] = ours(rule, fresh(make))
+            impls["fluxtrain .grad"]()  # compiles, if this rule is compiled
+            compile_seconds[(case, rule)] = (
+                round(time.perf_counter() - t0, 1),
+                compiled.compile_count() - c0,
+            )
+            if rule in ("Adam", "Momentum"):
+                impls["fluxtrain grad tree"] = ours_tree(rule, fresh(make))
+            impls.update(torch_modes(rule, fresh(make)))
+            ratios: dict[str, list[float]] = {k: [] for k in impls}
+            speeds: dict[str, list[float]] = {k: [] for k in impls}
+            for _ in range(rounds):  # interleaved: every implementation once per round
+                times = {k: best_time(f, reps, warmup=1) for k, f in impls.items()}
+                yard = 28 * n / times["torch fused Adam (yardstick)"]
+                for k, t in times.items():
+                    gbs = (28 * n if k.startswith("torch fused Adam") else nbytes) / t
+                    speeds[k].append(gbs / 1e9)
+                    ratios[k].append(gbs / yard)
+            for k in impls:
+                if k.startswith("torch fused Adam"):
+                    continue
+                r = ratios[k]
                 rows.append(
                     {
-                        "case": case,
+                        "layout": case,
                         "tensors": ntensors,
                         "parameters": n,
-                        "rule": rule_name,
-                        "impl": impl,
-                        "GB/s": round(gbs, 2),
-                        "fraction_of_limit": round(gbs / limit["limit"], 3),
-                        "vs_best_peer": round(gbs / best_peer[1], 2) if best_peer[1] else None,
-                        "vs_best_torch": round(gbs / best_torch, 2) if best_torch else None,
-                        "best_peer": best_peer[0],
+                        "rule": rule,
+                        "impl": k,
+                        "GB/s": round(statistics.median(speeds[k]), 2),
+                        "vs fused Adam": round(statistics.median(r), 3),
+                        "spread": [round(min(r), 3), round(max(r), 3)],
                     }
                 )
-    print()
-    header = f"{'case':18} {'rule':9} {'implementation':30} {'GB/s':>7} {'of limit':>8} {'vs best peer':>12}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        ratio = f"{r['vs_best_peer']:.2f}x" if r["vs_best_peer"] else "-"
-        print(
-            f"{r['case']:18} {r['rule']:9} {r['impl']:30} {r['GB/s']:7.1f} "
-            f"{r['fraction_of_limit']:8.2f} {ratio:>12}"
-        )
+                print(
+                    f"  {rule:9} {k:22} {statistics.median(speeds[k]):6.1f} GB/s  "
+                    f"{statistics.median(r):5.2f}x fused Adam  ({min(r):.2f}-{max(r):.2f})"
+                )
+            print(f"  {rule:9} compile: {compile_seconds[(case, rule)]}")
+            del impls
+    memory = []
+    mem_layout = "GPT-2 layout" if "GPT-2 layout" in chosen else next(iter(chosen))
+    base = memory_growth(mem_layout, "torch fused Adam", "Adam", scale)
+    for rule in ("Adam", "Momentum", "NAdam", "Lion"):
+        if rule in args.rules.split(","):
+            grow = memory_growth(mem_layout, "fluxtrain", rule, scale)
+            memory.append({"rule": rule, "growth MiB": round(grow / 2**20, 1),
+                           "vs torch fused Adam": round(grow / base, 3)})  # fmt: skip
+    print(f"\nmemory growth of setup + 3 steps on {mem_layout} "
+          f"(torch fused Adam: {base / 2**20:.1f} MiB)")  # fmt: skip
+    for m in memory:
+        print(f"  {m['rule']:9} {m['growth MiB']:8.1f} MiB  {m['vs torch fused Adam']:.2f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"limit": limit, "total": total, "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "machine": machine(),
+                "rounds": rounds,
+                "scale": scale,
+                "rows": rows,
+                "compile_seconds": {f"{k[0]} / {k[1]}": v for k, v in compile_seconds.items()},
+                "memory_layout": mem_layout,
+                "memory_base_MiB": round(base / 2**20, 1),
+                "memory": memory,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {out}")
 
 
