@@ -259,7 +259,7 @@ def test_huge_rng_seed_is_a_clear_error_and_numpy_generators_take_any_seed():
 
 
 def test_invalid_rng_is_an_error_even_without_shuffle():
-    with pytest.raises(TypeError, match="rng must be an int seed.*got str 'seed'"):
+    with pytest.raises(TypeError, match=r"rng must be an int seed.*got str 'seed'"):
         DataLoader(torch.rand(4), rng="seed")
     with pytest.raises(ValueError, match="outside the range"):
         DataLoader(torch.rand(4), rng=-(2**64))
