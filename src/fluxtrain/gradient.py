@@ -7,12 +7,19 @@ and index access), ``None`` where nothing was differentiable or nothing depended
 Plain tensors inside an argument are differentiated by calling ``f`` on a copy of the argument's
 containers holding ``tensor.detach().requires_grad_()`` (same storage, no data copy); a Module's
 own parameters are used as they are, so ``f`` sees the real model.
+
+Gradients nest as Zygote's do: a ``gradient`` (or ``withgradient``, or a pullback's ``back``)
+taken while an outer one is running its function keeps its graph (``create_graph=True``) and
+differentiates through tensors that depend on the outer arguments instead of detaching them, so
+the outer gradient sees through it (a gradient penalty, a Hessian-vector product). At top level
+the graph is freed as usual.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -22,6 +29,15 @@ from .mode import differentiating
 from .tree import children, is_trainable_tensor, make_node, rebuild
 
 __all__ = ["gradient", "pullback", "withgradient"]
+
+
+# True while the function of an outer gradient runs: an inner gradient must then keep its graph.
+_OUTER: ContextVar[bool] = ContextVar("fluxtrain_outer_gradient", default=False)
+
+
+def _nested() -> bool:
+    """Whether a gradient taken now is inside another one that may differentiate through it."""
+    return _OUTER.get() and torch.is_grad_enabled()
 
 
 class _Inputs:
@@ -50,6 +66,9 @@ def _substitute(x: Any, inputs: _Inputs) -> Any:
             return inputs.add(x, x)
         if id(x) in inputs.slot:
             return inputs.tensors[inputs.slot[id(x)]]
+        if x.requires_grad and _nested():
+            # Inside an outer gradient: differentiate through x, which depends on its arguments.
+            return inputs.add(x, x)
         return inputs.add(x, x.detach().requires_grad_(True))
     if isinstance(x, nn.Module):
         # The model is called as it is: register its parameters, do not copy it.
@@ -116,8 +135,12 @@ def _value(loss: Any, out: Any) -> Any:
 def _forward(f: Callable[..., Any], args: tuple) -> tuple[_Inputs, Any, Any]:
     inputs = _Inputs()
     call_args = tuple(_substitute(a, inputs) for a in args)
-    with torch.enable_grad(), differentiating():
-        out = f(*call_args)
+    token = _OUTER.set(True)
+    try:
+        with torch.enable_grad(), differentiating():
+            out = f(*call_args)
+    finally:
+        _OUTER.reset(token)
     loss, out = _split_output(out)
     return inputs, loss, out
 
@@ -127,6 +150,7 @@ def _backward(
 ) -> tuple:
     if isinstance(loss, torch.Tensor) and loss.requires_grad and inputs.tensors:
         grad_output = None if seed is None else torch.as_tensor(seed, dtype=loss.dtype)
+        nested = _nested()
         if any(isinstance(a, _DDP) for a in args):
             raw = _backward_through_ddp(loss, inputs.tensors, grad_output, retain)
         else:
@@ -135,7 +159,8 @@ def _backward(
                 inputs.tensors,
                 grad_outputs=grad_output,
                 allow_unused=True,
-                retain_graph=retain,
+                retain_graph=retain or nested,
+                create_graph=nested,
             )
     else:
         raw = (None,) * len(inputs.tensors)
