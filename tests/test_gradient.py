@@ -225,7 +225,7 @@ def test_nested_gradients_go_three_deep_and_through_withgradient_and_pullback():
     assert torch.allclose(d(d(d(lambda y: y**4)))(x), 24 * x)
 
     def via_withgradient(z):
-        val, (g,) = ft.withgradient(lambda y: (y**3).sum(), z)
+        _, (g,) = ft.withgradient(lambda y: (y**3).sum(), z)
         return (g * z).sum()  # 3 z^3 -> 9 z^2
 
     assert torch.allclose(ft.gradient(via_withgradient, x)[0], 9 * x**2)
