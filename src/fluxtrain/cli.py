@@ -1,7 +1,7 @@
 """The ``fluxtrain`` command line.
 
 ``fluxtrain demo`` trains a small convolutional network on the scikit-learn digits (8x8 images,
-10 classes, shipped with scikit-learn: nothing is downloaded) with :class:`fluxtrain.Learner`,
+10 classes, shipped with scikit-learn: nothing is downloaded) with [`fluxtrain.Learner`][fluxtrain.learner.Learner],
 shows a progress bar and a metrics table per epoch, and writes a run folder::
 
     runs/<name>/metrics.csv          one row per epoch: training and validation loss and accuracy

@@ -261,8 +261,8 @@ class DataLoader:
             construction (so ``torch.manual_seed`` reproduces a run); seed 0 when sharded.
         prefetch: load up to this many batches ahead in a background thread (for slow datasets,
             e.g. reading files); 0 (default) loads in the caller's thread.
-        shard: ``(rank, world_size)`` or ``"auto"`` (from :func:`fluxtrain.rank` and
-            :func:`fluxtrain.world_size`): this process takes every ``world_size``-th index of
+        shard: ``(rank, world_size)`` or ``"auto"`` (from [`fluxtrain.rank`][fluxtrain.distributed.rank] and
+            [`fluxtrain.world_size`][fluxtrain.distributed.world_size]): this process takes every ``world_size``-th index of
             each epoch's order, starting at ``rank``. All ranks draw the same order (same seed),
             so their parts are disjoint. When the number of observations does not divide by
             ``world_size``, ``partial=True`` pads the order with its first indices (a few
@@ -513,7 +513,7 @@ class DataLoader:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a position saved by :meth:`state_dict`: the next iteration continues that
+        """Restore a position saved by [`state_dict`][fluxtrain.data.DataLoader.state_dict]: the next iteration continues that
         epoch where it stopped. The data and options must match; nothing changes on error."""
         for key in ("nobs", "batchsize", "shuffle", "partial"):
             if key in state and state[key] != getattr(self, key):

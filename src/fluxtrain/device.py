@@ -2,7 +2,7 @@
 ``bf16``, ``f32``, ``f64``.
 
 Each works on a tensor, a Module or any tree of them (dicts, lists, dataclasses...), returning a
-new tree built with :func:`fluxtrain.fmap`; a tensor reached twice (tied weights) gives one new
+new tree built with [`fluxtrain.fmap`][fluxtrain.tree.fmap]; a tensor reached twice (tied weights) gives one new
 tensor reached twice, so ties survive.  Like Flux's, the precision helpers convert only
 floating-point tensors (integer labels and counters are left alone), and ``gpu`` returns its
 argument unchanged when no GPU is available, so the same script runs everywhere; as Flux's, it

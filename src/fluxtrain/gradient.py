@@ -1,7 +1,7 @@
 """Explicit gradients (Zygote's ``gradient``/``withgradient``/``pullback``) on ``torch.autograd``.
 
 ``gradient(f, *args)`` calls ``f(*args)`` and returns one gradient per argument: a tensor for a
-tensor, a tree of the argument's shape for a model (a :class:`~fluxtrain.tree.Node` with attribute
+tensor, a tree of the argument's shape for a model (a [`Node`][fluxtrain.tree.Node] with attribute
 and index access), ``None`` where nothing was differentiable or nothing depended on it.
 
 Plain tensors inside an argument are differentiated by calling ``f`` on a copy of the argument's
@@ -220,7 +220,7 @@ def gradient(f: Callable[..., Any], *args: Any) -> Any:
 
 
 def withgradient(f: Callable[..., Any], *args: Any) -> tuple[Any, tuple]:
-    """Like :func:`gradient`, also returning the value: ``(val, grads)``.
+    """Like [`gradient`][fluxtrain.gradient.gradient], also returning the value: ``(val, grads)``.
 
     If ``f`` returns a tuple, its first element is the loss that is differentiated and ``val`` is
     the whole tuple with the loss as a float (the seed's ``return my_loss(result, label), result``).
@@ -242,7 +242,7 @@ def withgradient(f: Callable[..., Any], *args: Any) -> tuple[Any, tuple]:
 def pullback(f: Callable[..., Any], *args: Any) -> tuple[Any, Callable[[Any], tuple]]:
     """``(val, back)``: the value of ``f(*args)`` and a function giving its gradients.
 
-    ``back(1.0)`` returns what :func:`gradient` would; ``back(dy)`` scales it by ``dy``.  ``back``
+    ``back(1.0)`` returns what [`gradient`][fluxtrain.gradient.gradient] would; ``back(dy)`` scales it by ``dy``.  ``back``
     may be called more than once.
 
     Example:

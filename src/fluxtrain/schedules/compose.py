@@ -3,8 +3,8 @@ Constant, Sequence, Loop, Interpolator, Shifted, ComposedSchedule, Shortened, On
 ``reverse``/``symmetric`` helpers.
 
 Wherever a schedule is expected, any function of ``t`` works too (``Loop(math.log, 10)``), and
-in ``Sequence``/``ComposedSchedule`` a plain number stands for a :class:`Constant`.  Schedules
-made of our classes stay serialisable (:meth:`Schedule.to_dict`); Python functions do not.
+in ``Sequence``/``ComposedSchedule`` a plain number stands for a [`Constant`][fluxtrain.schedules.Constant].  Schedules
+made of our classes stay serialisable ([`Schedule.to_dict`][fluxtrain.schedules.Schedule.to_dict]); Python functions do not.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Constant(Schedule):
 
 
 class _Segments:
-    """The ``(schedule, length)`` pairs of a lazy :class:`Sequence`, pulled from the two
+    """The ``(schedule, length)`` pairs of a lazy [`Sequence`][fluxtrain.schedules.Sequence], pulled from the two
     iterables only as far as an iteration ``t`` needs (ParameterSchedulers.jl walks its
     iterators the same way).
 
@@ -128,7 +128,7 @@ class Sequence(Schedule):
     then consumed lazily, only as far as the largest ``t`` asked for, as ParameterSchedulers.jl
     does. The pairs pulled are remembered (16 bytes each), so the schedule can be evaluated at
     any ``t`` again. Such a Sequence has no length and cannot be written with
-    :meth:`~Schedule.to_dict`; when either iterable ends, the last schedule continues.
+    [`to_dict`][fluxtrain.schedules.Schedule.to_dict]; when either iterable ends, the last schedule continues.
 
     Example:
         >>> import itertools, fluxtrain as ft
@@ -487,7 +487,7 @@ class OneCycle(Schedule):
 
 @schedule_class
 class Reversed(Schedule):
-    """``f(period - t)``: see :func:`reverse`."""
+    """``f(period - t)``: see `reverse`."""
 
     f: Any
     period: float
@@ -502,7 +502,7 @@ class Reversed(Schedule):
 
 @schedule_class
 class Symmetric(Schedule):
-    """``f(t)`` for ``t < period/2``, else ``f(period - t)``: see :func:`symmetric`."""
+    """``f(t)`` for ``t < period/2``, else ``f(period - t)``: see `symmetric`."""
 
     f: Any
     period: float
