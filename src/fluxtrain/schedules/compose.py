@@ -146,6 +146,9 @@ class Sequence(Schedule):
 
     schedules: tuple[Any, ...] | Iterable[Any]
     step_sizes: tuple[int, ...] | Iterable[int]
+    # Not a field (no annotation): the lazy pairs, or None when both lists are stored; the
+    # class default covers instances rebuilt without __init__ (copies, checkpoints).
+    _segments = None
 
     def __init__(
         self,
