@@ -266,3 +266,28 @@ def test_a_top_level_gradient_keeps_no_graph():
     with torch.no_grad():
         inner_only = ft.gradient(lambda x: (x**3).sum(), torch.tensor([1.0]))
     assert not inner_only[0].requires_grad
+
+
+def test_a_nested_gradient_through_ddp_is_an_error_not_a_silent_none(monkeypatch):
+    import sys
+
+    gradient_module = sys.modules["fluxtrain.gradient"]  # ft.gradient is the function
+
+    class FakeDDP(nn.Module):  # stands in for DistributedDataParallel (needs a process group)
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            return self.module(x)
+
+    monkeypatch.setattr(gradient_module, "_DDP", FakeDDP)
+    ddp = FakeDDP(nn.Linear(2, 1))
+    x = torch.ones(1, 2)
+
+    def outer(x):
+        (g,) = ft.gradient(lambda m: m(x).sum(), ddp)
+        return (g.weight * x).sum()
+
+    with pytest.raises(NotImplementedError, match="inside another gradient.*ddp.module"):
+        ft.gradient(outer, x)

@@ -152,6 +152,15 @@ def _backward(
         grad_output = None if seed is None else torch.as_tensor(seed, dtype=loss.dtype)
         nested = _nested()
         if any(isinstance(a, _DDP) for a in args):
+            if nested:
+                # DDP averages gradients in hooks that do not build a graph: an outer gradient
+                # would silently see None through this one.
+                raise NotImplementedError(
+                    "gradient: a gradient of a DistributedDataParallel model taken inside "
+                    "another gradient cannot be differentiated again (DDP's gradient "
+                    "averaging keeps no graph); take the inner gradient with respect to the "
+                    "inner model (ddp.module) instead"
+                )
             raw = _backward_through_ddp(loss, inputs.tensors, grad_output, retain)
         else:
             raw = torch.autograd.grad(
