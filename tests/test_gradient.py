@@ -289,5 +289,5 @@ def test_a_nested_gradient_through_ddp_is_an_error_not_a_silent_none(monkeypatch
         (g,) = ft.gradient(lambda m: m(x).sum(), ddp)
         return (g.weight * x).sum()
 
-    with pytest.raises(NotImplementedError, match="inside another gradient.*ddp.module"):
+    with pytest.raises(NotImplementedError, match=r"inside another gradient.*ddp.module"):
         ft.gradient(outer, x)
