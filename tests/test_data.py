@@ -250,6 +250,15 @@ def test_getitems_errors_carry_a_note_naming_the_indices_and_batch():
         list(DataLoader(Short(), batchsize=2))
 
 
+def test_a_failing_collate_function_gets_a_note_naming_the_indices_and_batch():
+    def pad(samples):
+        raise RuntimeError("cannot pad")
+
+    with pytest.raises(RuntimeError) as info:
+        list(DataLoader([torch.rand(2)] * 5, batchsize=2, collate=pad))
+    assert "dataset indices [0, 1] into batch 0 with pad" in str(info.value.__notes__)
+
+
 def test_huge_rng_seed_is_a_clear_error_and_numpy_generators_take_any_seed():
     with pytest.raises(ValueError, match=r"rng seed 1180591620717411303424 is outside"):
         DataLoader(torch.rand(4), shuffle=True, rng=2**70)

@@ -474,7 +474,15 @@ class DataLoader:
             return samples
         if self.collate is None:
             return _collate(list(samples), indices, f"batch {k}")
-        return self.collate(samples)
+        try:
+            return self.collate(samples)
+        except Exception as e:
+            name = getattr(self.collate, "__name__", type(self.collate).__name__)
+            e.add_note(
+                f"(while DataLoader collated the samples at dataset indices {_shorten(indices)} "
+                f"into batch {k} with {name})"
+            )
+            raise
 
     # -- resuming --
 
