@@ -8,10 +8,10 @@ no copy) in order, ``index_select`` with the batch's indices when shuffled or sh
 What is checked, and when: at construction, the options (``batchsize``, ``collate``, ``rng``
 even when ``shuffle=False``, an int seed in torch's range), equal observation counts across the
 data's items, and a loader that would yield no batches warns (naming the data). While loading a
-dataset of samples, an error from ``__getitem__``, ``__getitems__`` or ``collate`` gets a note naming the
-dataset indices and the batch; samples that cannot be collated (different shapes, a field with
-different types, tuples of different lengths, dicts with different keys) are an error naming the
-field and the dataset indices of the two samples that disagree.
+dataset of samples, an error from ``__getitem__``, ``__getitems__`` or ``collate`` gets a note
+naming the dataset indices and the batch; samples that cannot be collated (different shapes, a
+field with different types, tuples of different lengths, dicts with different keys) are an error
+naming the field and the dataset indices of the two samples that disagree.
 
 Source of the semantics: FluxML/MLUtils.jl ``src/eachobs.jl`` (``DataLoader``); the sharding
 follows ``torch.utils.data.DistributedSampler``.
