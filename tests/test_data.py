@@ -155,6 +155,8 @@ def test_bad_arguments_are_clear_errors():
         DataLoader(torch.rand(4), batchsize=0)
     with pytest.raises(TypeError, match="rng must be"):
         DataLoader(torch.rand(4), shuffle=True, rng="seed")
+    with pytest.raises(TypeError, match="rng must be"):
+        DataLoader(torch.rand(4), shuffle=True, rng=True)
     with pytest.raises(TypeError, match="cannot load batches from generator"):
         DataLoader(x for x in range(3))
     with pytest.raises(ValueError, match="needs 0 <= rank < world_size"):
@@ -186,12 +188,113 @@ def test_collate_false_and_custom_collate():
     assert padded.shape == (4, 4)
 
 
-def test_collate_of_ragged_samples_names_the_batch_and_shapes():
-    samples = [torch.rand(2), torch.rand(3)]
+def test_ragged_samples_error_names_the_dataset_indices_not_batch_positions():
+    samples = [torch.rand(2)] * 5 + [torch.rand(3)]
+    # Batch 1 holds dataset indices 4 and 5: the message names 4 and 5, not positions 0 and 1.
     with pytest.raises(
-        ValueError, match=r"batch 0: sample 0 has shape \(2,\) but sample 1 has \(3,\)"
+        ValueError,
+        match=r"stack batch 1: the sample at dataset index 4 has shape \(2,\) but the sample "
+        r"at dataset index 5 has \(3,\)",
+    ):
+        list(DataLoader(samples, batchsize=4))
+    with pytest.raises(
+        ValueError, match=r"batch 0\[0\]: .*index \d has shape \(2,\).*index 5 has \(3,\)"
+    ):
+        list(
+            DataLoader(
+                [(torch.rand(2), 0)] * 5 + [(torch.rand(3), 0)], batchsize=6, shuffle=True, rng=0
+            )
+        )
+
+
+def test_a_field_with_mixed_types_is_an_error_naming_the_dataset_index():
+    samples = [{"x": torch.rand(2), "label": i} for i in range(4)]
+    samples[3]["label"] = "three"
+    with pytest.raises(
+        TypeError,
+        match=r"batch 1\['label'\]: the sample at dataset index 2 has a int .* dataset index 3 "
+        r"has a str",
     ):
         list(DataLoader(samples, batchsize=2))
+    with pytest.raises(
+        TypeError, match=r"batch 0\[1\]: .*index 0 has a Tensor .*index 1 has a NoneType"
+    ):
+        list(DataLoader([(1, torch.rand(2)), (2, None)], batchsize=2))
+    # Samples that all have the same non-numeric type still make a list; mixed numbers a tensor.
+    assert next(iter(DataLoader(["a", "b"], batchsize=2))) == ["a", "b"]
+    assert next(iter(DataLoader([1, 2.5, np.float32(3)], batchsize=3))).tolist() == [1, 2.5, 3]
+
+
+def test_getitems_errors_carry_a_note_naming_the_indices_and_batch():
+    class Batched:
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return i
+
+        def __getitems__(self, indices):
+            if 5 in indices:
+                raise OSError("unreadable shard")
+            return list(indices)
+
+    with pytest.raises(OSError) as info:
+        list(DataLoader(Batched(), batchsize=2))
+    assert "samples [4, 5] for batch 2 with Batched.__getitems__" in str(info.value.__notes__)
+
+    class Short(Batched):
+        def __getitems__(self, indices):
+            return list(indices)[:1]
+
+    with pytest.raises(ValueError, match=r"__getitems__ returned 1 samples for the 2 dataset"):
+        list(DataLoader(Short(), batchsize=2))
+
+
+def test_a_failing_collate_function_gets_a_note_naming_the_indices_and_batch():
+    def pad(samples):
+        raise RuntimeError("cannot pad")
+
+    with pytest.raises(RuntimeError) as info:
+        list(DataLoader([torch.rand(2)] * 5, batchsize=2, collate=pad))
+    assert "dataset indices [0, 1] into batch 0 with pad" in str(info.value.__notes__)
+
+
+def test_huge_rng_seed_is_a_clear_error_and_numpy_generators_take_any_seed():
+    with pytest.raises(ValueError, match=r"rng seed 1180591620717411303424 is outside"):
+        DataLoader(torch.rand(4), shuffle=True, rng=2**70)
+    loader = DataLoader(torch.arange(4), shuffle=True, rng=np.random.default_rng(2**70))
+    assert sorted(torch.cat(list(loader)).tolist()) == [0, 1, 2, 3]
+    assert len(list(DataLoader(torch.arange(4), shuffle=True, rng=2**64 - 1))) == 4
+
+
+def test_invalid_rng_is_an_error_even_without_shuffle():
+    with pytest.raises(TypeError, match=r"rng must be an int seed.*got str 'seed'"):
+        DataLoader(torch.rand(4), rng="seed")
+    with pytest.raises(ValueError, match="outside the range"):
+        DataLoader(torch.rand(4), rng=-(2**64))
+    x = torch.rand(4)
+    before = torch.random.get_rng_state()
+    DataLoader(x)  # no shuffle: the global generator is not drawn from
+    assert torch.equal(before, torch.random.get_rng_state())
+
+
+def test_a_loader_with_no_batches_warns_at_construction_naming_the_data():
+    with pytest.warns(
+        UserWarning, match=r"DataLoader over Tensor\[0, 3\] float32 yields no batches"
+    ):
+        loader = DataLoader(torch.zeros(0, 3), batchsize=4)
+    assert list(loader) == []
+    with pytest.warns(UserWarning, match="over list of 0 yields no batches"):
+        DataLoader([])
+    with pytest.warns(UserWarning, match=r"3 observations are fewer than batchsize=4 with partial"):
+        DataLoader(torch.rand(3), batchsize=4, partial=False)
+    model = torch.nn.Linear(3, 1)
+    with pytest.warns(UserWarning, match="yields no batches"):
+        data = DataLoader((torch.zeros(0, 3), torch.zeros(0, 1)))
+    assert (
+        ft.train_(lambda m, x, y: ((m(x) - y) ** 2).mean(), model, data, ft.setup(ft.Adam(), model))
+        == []
+    )
 
 
 def test_torch_dataset_and_tensordataset():
@@ -441,6 +544,7 @@ def test_shard_auto_reads_rank_and_world_size_from_fluxtrain_distributed(monkeyp
     assert sorted(parts[0] + parts[1] + parts[2]) == list(range(12))
 
 
+@pytest.mark.filterwarnings("ignore:DataLoader over .* yields no batches")
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(0, 40),

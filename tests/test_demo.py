@@ -163,3 +163,63 @@ def test_python_dash_m_fluxtrain_runs_the_same_command():
     )
     assert result.returncode == 0, result.stderr
     assert "--mnist" in result.stdout
+
+
+def test_version_prints_fluxtrain_and_torch_versions(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert (
+        capsys.readouterr().out.strip() == f"fluxtrain {ft.__version__} (torch {torch.__version__})"
+    )
+
+
+def test_help_shows_the_seed_default_and_the_device_and_overwrite_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "random seed of weights and shuffling (default: 0)" in text
+    assert "--device" in text and "(default: cpu)" in text and "--overwrite" in text
+
+
+def test_one_epoch_is_singular_and_the_loading_code_printed_works(tmp_path, capsys):
+    run = _demo(tmp_path, "--epochs", "1")
+    out = capsys.readouterr().out
+    assert "1 epoch of 45 batches" in out and "1 epochs" not in out
+    code = out[out.index("load the model in Python with:") :].splitlines()[1:]
+    assert any("model.safetensors" in line for line in code)
+    namespace: dict = {}
+    exec("\n".join(line.strip() for line in code), namespace)  # the printed lines run as given
+    model = namespace["model"]
+    saved = make_cnn(1, 8, 8)
+    ft.load(run / "model.safetensors", model=saved)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), saved.parameters()))
+
+
+def test_an_existing_run_folder_is_refused_unless_overwrite(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("precious")
+    with pytest.raises(SystemExit) as exit_info:
+        _demo(tmp_path, "--epochs", "1")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"the run folder {run} already exists; pass --overwrite" in err
+    assert (run / "metrics.csv").read_text() == "precious"
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.csv"]
+    _demo(tmp_path, "--epochs", "1", "--overwrite")
+    assert (run / "metrics.csv").read_text().startswith("epoch,")
+
+
+def test_device_option_checks_the_device_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--device", "cuda", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(SystemExit):
+        main(["demo", "--device", "floppy"])
+    assert "'floppy' is not a device" in capsys.readouterr().err
+    run = _demo(tmp_path, "--epochs", "1", "--device", "auto")  # the CPU here
+    assert (run / "model.safetensors").is_file()

@@ -81,6 +81,7 @@ def test_cpu_keeps_ties_and_values():
     torch.testing.assert_close(new[0].weight, m[0].weight)
 
 
+@pytest.mark.filterwarnings("ignore:ft.gpu. no GPU")
 def test_gpu_is_a_no_op_without_a_gpu_and_moves_everything_with_one():
     m = tied_model()
     x = torch.ones(2)
@@ -92,3 +93,35 @@ def test_gpu_is_a_no_op_without_a_gpu_and_moves_everything_with_one():
         assert new[0].weight.device.type != "cpu" and new[0].weight is new[2].weight
         back = ft.cpu(new)
         assert back[0].weight.device.type == "cpu" and back[0].weight is back[2].weight
+
+
+def test_gpu_without_a_gpu_warns_once_and_returns_the_cpu_model(monkeypatch, recwarn):
+    import fluxtrain.device as device
+
+    monkeypatch.setattr(device, "_gpu_device", lambda: None)  # a CPU-only machine
+    monkeypatch.setattr(device, "_warned_no_gpu", False)
+    m = tied_model()
+    with pytest.warns(UserWarning, match=r"ft.gpu: no GPU is available .* stay on the CPU"):
+        assert ft.gpu(m) is m
+    recwarn.clear()
+    x = torch.ones(2)
+    assert ft.gpu(x) is x and ft.gpu(m) is m
+    assert not [w for w in recwarn if "no GPU" in str(w.message)], "warned more than once"
+
+
+def test_todevice_cuda_without_cuda_is_a_clear_error(monkeypatch):
+    from fluxtrain.callbacks import ToDevice
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"ToDevice\('cuda'\): no CUDA device is available"):
+        ToDevice("cuda")
+    with pytest.raises(ValueError, match=r"ToDevice\('cuda:1'\): no CUDA device"):
+        ToDevice(torch.device("cuda:1"))
+    assert ToDevice().device == torch.device("cpu")  # None: CUDA when present, else the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"no CUDA device 3; this machine has 1 \(cuda:0 to"):
+        ToDevice("cuda:3")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="ToDevice\\('mps'\\): Apple's MPS device is not"):
+        ToDevice("mps")

@@ -57,6 +57,34 @@ def test_docs_build_strictly_without_warnings(tmp_path):
     assert (tmp_path / "site" / "translation" / "index.html").exists()
 
 
+# A Sphinx role left in a docstring (``:class:`~fluxtrain.X` ``) reaches the HTML as
+# ":class:<code>~fluxtrain.X</code>"; mkdocstrings wants autorefs links ([`X`][fluxtrain.X]).
+_RAW_ROLE = re.compile(r":(class|meth|func|attr|mod|exc|data|obj|ref):(<code>|`)")
+
+
+def test_api_reference_has_links_and_no_raw_sphinx_roles(tmp_path):
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    raw = []
+    for html in sorted(site.rglob("*.html")):
+        text = html.read_text(encoding="utf-8")
+        for m in _RAW_ROLE.finditer(text):
+            context = re.sub(r"<[^>]+>", "", text[m.start() : m.start() + 80]).split("\n")[0]
+            raw.append(f"{html.relative_to(site)}: {context}")
+    assert not raw, f"{len(raw)} raw Sphinx roles in the built site:\n" + "\n".join(raw)
+    # The roles became cross-references that autorefs resolved into links.
+    learner = (site / "api" / "learner" / "index.html").read_text(encoding="utf-8")
+    assert 'href="#fluxtrain.learner.CancelStepException"' in learner
+    assert 'href="#fluxtrain.callbacks.Metrics"' in learner
+
+
 @pytest.mark.parametrize("page", pages(), ids=_page_id)
 def test_every_code_block_is_python_or_marked_shell(page):
     bad = [

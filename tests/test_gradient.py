@@ -207,3 +207,87 @@ def test_gradient_enables_grad_inside_no_grad():
     with torch.no_grad():
         (g,) = ft.gradient(lambda x: (x * x).sum(), torch.tensor([3.0]))
     torch.testing.assert_close(g, torch.tensor([6.0]))
+
+
+def test_gradient_of_a_gradient_is_8x_as_in_zygote():
+    x = torch.tensor([1.0, -2.0, 3.0])
+    (g,) = ft.gradient(lambda x: (ft.gradient(lambda y: (y**2).sum(), x)[0] ** 2).sum(), x)
+    assert torch.equal(g, 8 * x)
+
+
+def test_nested_gradients_go_three_deep_and_through_withgradient_and_pullback():
+    x = torch.tensor([0.5, 2.0], dtype=torch.float64)
+
+    def d(f):  # derivative of a scalar-sum function, as a function
+        return lambda z: ft.gradient(lambda y: f(y).sum(), z)[0]
+
+    # d3/dx3 of x^4 = 24x
+    assert torch.allclose(d(d(d(lambda y: y**4)))(x), 24 * x)
+
+    def via_withgradient(z):
+        _, (g,) = ft.withgradient(lambda y: (y**3).sum(), z)
+        return (g * z).sum()  # 3 z^3 -> 9 z^2
+
+    assert torch.allclose(ft.gradient(via_withgradient, x)[0], 9 * x**2)
+
+    def via_pullback(z):
+        _, back = ft.pullback(lambda y: (y**3).sum(), z)
+        return back(2.0)[0].sum()  # 6 z^2 -> 12 z
+
+    assert torch.allclose(ft.gradient(via_pullback, x)[0], 12 * x)
+
+
+def test_inner_gradient_of_a_tensor_computed_from_the_outer_argument_is_not_detached():
+    x = torch.tensor([1.0, 3.0])
+    # inner: d/dz sum(z^2) = 2z with z = 3x, so the outer function is sum(2 * 3x) and its
+    # gradient is 6 everywhere
+    (g,) = ft.gradient(lambda x: ft.gradient(lambda z: (z**2).sum(), 3 * x)[0].sum(), x)
+    assert torch.equal(g, torch.full((2,), 6.0))
+
+
+def test_gradient_penalty_on_the_input_reaches_the_model_parameters():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x = torch.randn(4, 3)
+
+    def penalty(m):
+        (gx,) = ft.gradient(lambda x: m(x).sum(), x)  # each row is m.weight
+        return (gx**2).sum()  # 4 * |w|^2
+
+    (g,) = ft.gradient(penalty, model)
+    assert torch.allclose(g.weight, 8 * model.weight.detach())
+    assert g.bias is None
+
+
+def test_a_top_level_gradient_keeps_no_graph():
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    (g,) = ft.gradient(lambda y: (y**2).sum(), x)
+    assert g.grad_fn is None and not g.requires_grad
+    with torch.no_grad():
+        inner_only = ft.gradient(lambda x: (x**3).sum(), torch.tensor([1.0]))
+    assert not inner_only[0].requires_grad
+
+
+def test_a_nested_gradient_through_ddp_is_an_error_not_a_silent_none(monkeypatch):
+    import sys
+
+    gradient_module = sys.modules["fluxtrain.gradient"]  # ft.gradient is the function
+
+    class FakeDDP(nn.Module):  # stands in for DistributedDataParallel (needs a process group)
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            return self.module(x)
+
+    monkeypatch.setattr(gradient_module, "_DDP", FakeDDP)
+    ddp = FakeDDP(nn.Linear(2, 1))
+    x = torch.ones(1, 2)
+
+    def outer(x):
+        (g,) = ft.gradient(lambda m: m(x).sum(), ddp)
+        return (g.weight * x).sum()
+
+    with pytest.raises(NotImplementedError, match=r"inside another gradient.*ddp.module"):
+        ft.gradient(outer, x)

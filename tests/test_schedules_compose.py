@@ -1,6 +1,9 @@
 """Composition of schedules (ParameterSchedulers.jl ``src/complex.jl``) and the warm-up helper."""
 
+import copy
+import itertools
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -133,3 +136,61 @@ def test_warmup_ramps_linearly_then_hands_over_to_the_schedule():
 def test_warmup_of_a_number_warms_up_to_that_constant():
     s = ft.warmup(0.1, 4)
     assert values(s, range(1, 8)) == pytest.approx([0.0, 0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+
+
+def _guarded(items, most):
+    """An infinite iterator over ``items`` (cycled) that fails loudly if pulled more than
+    ``most`` times (an eager Sequence would try to pull it forever)."""
+    pulled = 0
+    for item in itertools.cycle(items) if isinstance(items, list) else items:
+        pulled += 1
+        if pulled > most:
+            raise AssertionError(f"pulled more than {most} items: not lazy")
+        yield item
+
+
+def test_sequence_of_infinite_iterables_is_lazy_and_pulls_only_what_t_needs():
+    s = ft.Sequence(schedules=_guarded([1.0, 0.5], 6), step_sizes=_guarded([2], 6))
+    # t = 10 lies in the fifth segment of two steps: five pairs pulled, the sixth never
+    assert values(s, range(1, 11)) == [1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 0.5, 0.5, 1.0, 1.0]
+    assert values(s, [3, 1, 9]) == [0.5, 1.0, 1.0]  # backwards too, from what was pulled
+    assert [v for v, _ in zip(s, range(4))] == [1.0, 1.0, 0.5, 0.5]
+
+
+def test_sequence_of_infinite_iterables_reaches_a_million_steps_in_bounded_memory():
+    warm_restarts = ft.Sequence(
+        schedules=_guarded([ft.Exp(1.0, 0.5), ft.Constant(0.1)], 250_000),
+        step_sizes=_guarded([4], 250_000),
+    )
+    tracemalloc.start()
+    try:
+        value = warm_restarts(10**6)  # segment 250000, a Constant, whose local t is 4
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert value == 0.1 and warm_restarts(10**6 - 4) == 0.125
+    assert peak < 16 * 250_000 * 2  # two 8-byte entries per segment, with slack for growth
+
+
+def test_sequence_with_a_generator_of_schedules_and_a_list_of_step_sizes():
+    # Julia: Sequence(Exp(1.0, 0.5) for _ in ...) with step sizes; the shorter one ends it
+    exps = _guarded((ft.Exp(k, 0.5) for k in itertools.count(1.0)), 3)
+    s = ft.Sequence(schedules=exps, step_sizes=[2, 3])
+    assert values(s, range(1, 8)) == [1.0, 0.5, 2.0, 1.0, 0.5, 0.25, 0.125]
+    with pytest.raises(TypeError, match="has no length"):
+        len(s)
+    with pytest.raises(TypeError, match="cannot be written as JSON"):
+        s.to_dict()
+    rule = ft.Scheduler(ft.Momentum, eta=s)
+    assert dict(copy.deepcopy(rule).schedules)["eta"] is s
+
+
+def test_lazy_sequence_checks_each_pair_as_it_is_pulled():
+    s = ft.Sequence(schedules=_guarded([0.1], 3), step_sizes=iter([2, 0, 1]))
+    assert s(2) == 0.1
+    with pytest.raises(ValueError, match=r"step_sizes\[1\] must be >= 1"):
+        s(3)
+    with pytest.raises(ValueError, match="at least one schedule and one step size"):
+        ft.Sequence(schedules=iter([]), step_sizes=_guarded([1], 1))
+    with pytest.raises(TypeError, match="step_sizes must be a list, a tuple or another iterable"):
+        ft.Sequence(schedules=[1.0], step_sizes=3)

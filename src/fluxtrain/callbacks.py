@@ -1,15 +1,15 @@
 """``ft.callbacks``: the built-in callbacks of the Learner (FluxTraining.jl's callbacks).
 
 Reached as ``ft.callbacks.Metrics``, ``ft.callbacks.Scheduler`` (not the ``ft.Scheduler``
-optimiser rule), ...  The implementations live in :mod:`fluxtrain.learner.callbacks`.
+optimiser rule), ...  The implementations live in `fluxtrain.learner.callbacks`.
 
-- Metrics and history: :class:`Metrics` (with :class:`Metric`, :class:`Loss`,
-  :class:`Accuracy`), :class:`Recorder`.
-- Output: :class:`ProgressBar`, :class:`MetricsPrinter`, :class:`CSVLogger`,
-  :class:`JSONLinesLogger`, :class:`TensorBoardLogger`, :class:`PlotMetrics`.
-- Control: :class:`StopOnNaNLoss`, :class:`EarlyStopping`, :class:`Scheduler`,
-  :class:`SanityCheck`, :class:`Throttle`, :class:`CustomCallback`.
-- Resources: :class:`Checkpointer`, :class:`ToDevice`, :class:`GarbageCollect`.
+- Metrics and history: [`Metrics`][fluxtrain.callbacks.Metrics] (with [`Metric`][fluxtrain.callbacks.Metric], [`Loss`][fluxtrain.callbacks.Loss],
+  [`Accuracy`][fluxtrain.callbacks.Accuracy]), [`Recorder`][fluxtrain.callbacks.Recorder].
+- Output: [`ProgressBar`][fluxtrain.callbacks.ProgressBar], [`MetricsPrinter`][fluxtrain.callbacks.MetricsPrinter], [`CSVLogger`][fluxtrain.callbacks.CSVLogger],
+  [`JSONLinesLogger`][fluxtrain.callbacks.JSONLinesLogger], [`TensorBoardLogger`][fluxtrain.callbacks.TensorBoardLogger], [`PlotMetrics`][fluxtrain.callbacks.PlotMetrics].
+- Control: [`StopOnNaNLoss`][fluxtrain.callbacks.StopOnNaNLoss], [`EarlyStopping`][fluxtrain.callbacks.EarlyStopping], [`Scheduler`][fluxtrain.callbacks.Scheduler],
+  [`SanityCheck`][fluxtrain.callbacks.SanityCheck], [`Throttle`][fluxtrain.callbacks.Throttle], [`CustomCallback`][fluxtrain.callbacks.CustomCallback].
+- Resources: [`Checkpointer`][fluxtrain.callbacks.Checkpointer], [`ToDevice`][fluxtrain.callbacks.ToDevice], [`GarbageCollect`][fluxtrain.callbacks.GarbageCollect].
 """
 
 from .learner.callbacks import Accuracy as Accuracy

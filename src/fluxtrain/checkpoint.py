@@ -6,7 +6,7 @@ and everything else (rules with their hyperparameters, frozen flags, counters su
 ``beta^t``, schedule positions, JSON-able extras) is JSON in its header metadata.  Any safetensors
 reader can open the file; nothing in it is ever unpickled, and classes are restored only from
 fluxtrain's own registry (its rules and schedule dataclasses, plus classes registered with
-:func:`register_checkpoint_class`), never imported by name.
+[`register_checkpoint_class`][fluxtrain.checkpoint.register_checkpoint_class]), never imported by name.
 
 Tensors are keyed by tree path (``layers.enc.weight``), not by position, so a model whose modules
 were defined in another order loads correctly, and a missing or extra key, or a shape or dtype
@@ -128,7 +128,7 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 
 class LoadResult(dict):
-    """The extras stored in a checkpoint (what :func:`load` returns), a plain ``dict`` plus
+    """The extras stored in a checkpoint (what [`load`][fluxtrain.checkpoint.load] returns), a plain ``dict`` plus
     ``.skipped``: the paths that ``strict=False`` did not load, each with the reason."""
 
     def __init__(self, *args: Any, skipped: list[str] | None = None, **kw: Any) -> None:
@@ -949,12 +949,12 @@ def load(
     restore_rng: bool = True,
     **targets: Any,
 ) -> LoadResult:
-    """Load a checkpoint written by :func:`save` into ``model`` and ``opt_state`` in place.
+    """Load a checkpoint written by [`save`][fluxtrain.checkpoint.save] into ``model`` and ``opt_state`` in place.
 
     Returns the extras as a dict (tensors on the CPU).  An extra whose name is also passed here
     as an object with ``load_state_dict`` (``data=loader``) is loaded into that object.
     Parameters and buffers are matched by tree path, so module order does not matter; a missing
-    or extra path, or a shape or dtype mismatch, raises :class:`CheckpointError` naming it.
+    or extra path, or a shape or dtype mismatch, raises [`CheckpointError`][fluxtrain.checkpoint.CheckpointError] naming it.
     With ``strict=False`` whatever fits is loaded and the rest is listed in the result's
     ``.skipped`` (and warned about).  The optimiser state gets the checkpoint's rules (with their
     hyperparameters), frozen flags and state, even if it was set up with another rule.  RNG

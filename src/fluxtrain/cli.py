@@ -1,13 +1,18 @@
 """The ``fluxtrain`` command line.
 
 ``fluxtrain demo`` trains a small convolutional network on the scikit-learn digits (8x8 images,
-10 classes, shipped with scikit-learn: nothing is downloaded) with :class:`fluxtrain.Learner`,
+10 classes, shipped with scikit-learn: nothing is downloaded) with [`fluxtrain.Learner`][fluxtrain.learner.Learner],
 shows a progress bar and a metrics table per epoch, and writes a run folder::
 
     runs/<name>/metrics.csv          one row per epoch: training and validation loss and accuracy
     runs/<name>/loss.png             training and validation loss per epoch
     runs/<name>/accuracy.png         training and validation accuracy per epoch
     runs/<name>/model.safetensors    the final model and optimiser state (``ft.save``)
+
+An existing run folder is never overwritten silently: the command stops before training unless
+``--overwrite`` is given. At the end it prints the two lines of Python that load the model back.
+``--device`` trains on a GPU (``cuda``, ``cuda:1``, ``mps``, or ``auto`` for CUDA when present);
+asking for a device this machine lacks is an error before anything runs.
 
 The learning rate follows a cosine decay from ``--lr`` to ``--lr/100`` (an ``ft.Scheduler``
 rule around the chosen ``--optimiser``).
@@ -48,9 +53,64 @@ def _positive_float(text: str) -> float:
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     # Show "(default: ...)" only where there is a default worth showing.
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False):
+        # Identity, not ==: a default of 0 (--seed) is worth showing, and 0 == False.
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
+
+
+def _plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``.
+
+    Example:
+        >>> _plural(1, "epoch"), _plural(12, "batch")
+        ('1 epoch', '12 batches')
+    """
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {word}es" if word.endswith(("s", "x", "ch", "sh")) else f"{n} {word}s"
+
+
+def _version() -> str:
+    import torch
+
+    from . import __version__
+
+    return f"fluxtrain {__version__} (torch {torch.__version__})"
+
+
+def _device(text: str) -> str:
+    """Check a --device value names a device kind torch knows (availability is checked later)."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device: use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    return text
+
+
+def resolve_device(name: str) -> Any:
+    """The ``torch.device`` that ``--device name`` stands for; ``auto`` is CUDA when present,
+    else the CPU. A device this machine does not have is a ``ValueError`` saying so.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    import torch
+
+    from .learner.callbacks.device import check_device_available
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    check_device_available(device, f"--device {name}")
+    return device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fluxtrain",
         description="fluxtrain: Flux.jl's training system on PyTorch.",
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
         "demo",
@@ -102,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="run folder name (default: <dataset>-<optimiser>-seed<seed>)",
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed of weights and shuffling")
+    demo.add_argument(
+        "--device",
+        type=_device,
+        default="cpu",
+        help="where to train: cpu, cuda, cuda:N, mps, or auto (CUDA when present, else the "
+        "CPU); this small model trains fastest on the CPU",
+    )
+    demo.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an existing run folder (without it, an existing run folder "
+        "is an error)",
+    )
     demo.add_argument(
         "--mnist",
         type=Path,
@@ -276,13 +350,20 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
     valid = ft.DataLoader((xva, yva), batchsize=max(args.batchsize, 256))
     name = args.name or f"{dataset}-{rule_class.__name__.lower()}-seed{args.seed}"
     run_dir = Path(args.out) / name
+    if run_dir.exists() and not getattr(args, "overwrite", False):
+        raise ValueError(
+            f"the run folder {run_dir} already exists; pass --overwrite to replace its files, "
+            "or --name to write a new one"
+        )
+    device = resolve_device(getattr(args, "device", "cpu"))
 
     threads = torch.get_num_threads()
     # A model this small runs fastest on one thread (and much faster than two on a busy machine).
     torch.set_num_threads(args.threads)
     try:
         torch.manual_seed(args.seed)
-        model = make_cnn(*xtr.shape[1:], nclasses=int(ytr.max()) + 1)
+        cnn_args = (*xtr.shape[1:], int(ytr.max()) + 1)
+        model = make_cnn(*cnn_args[:3], nclasses=cnn_args[3])
         # Cosine decay of the learning rate from --lr to --lr/100 over the run, step by step
         # (a Scheduler rule keeps its step counter in the optimiser state, so it is saved too).
         nsteps = args.epochs * len(train)
@@ -290,7 +371,8 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
         rule = ft.Scheduler(rule_class, eta=eta)
         print(
             f"fluxtrain demo: {dataset}, {len(xtr)} training and {len(xva)} validation images, "
-            f"{args.epochs} epochs of {len(train)} batches, {rule}"
+            f"{_plural(args.epochs, 'epoch')} of {_plural(len(train), 'batch')}, {rule}"
+            + ("" if device.type == "cpu" else f", on {device}")
         )
         callbacks = [
             ft.callbacks.ProgressBar(disable=True if args.no_progress else None),
@@ -299,6 +381,8 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
             ft.callbacks.StopOnNaNLoss(),
             ft.callbacks.MetricsPrinter(),
         ]
+        if device.type != "cpu":
+            callbacks.insert(0, ft.callbacks.ToDevice(device))
         learner = ft.Learner(
             model, ft.losses.logitcrossentropy, rule, callbacks=callbacks, data=(train, valid)
         )
@@ -323,6 +407,15 @@ def run_demo(args: argparse.Namespace) -> DemoResult:
         result.files.append(Path(checkpoint))
     print(f"final validation accuracy: {result.valid_accuracy:.2%}")
     print(f"run folder: {run_dir}/ ({', '.join(p.name for p in result.files)})")
+    if checkpoint is not None:
+        c, h, w, k = cnn_args
+        print(
+            "load the model in Python with:\n"
+            "    import fluxtrain as ft\n"
+            "    from fluxtrain.cli import make_cnn\n"
+            f"    model = make_cnn({c}, {h}, {w}, nclasses={k})\n"
+            f"    ft.load({Path(checkpoint).as_posix()!r}, model=model)"
+        )
     return result
 
 

@@ -5,6 +5,14 @@ Observations run along the FIRST dimension (Flux uses the last):
 ``(32, 28, 28)``. A batch of in-memory data is one indexing operation per tensor: a slice (a view,
 no copy) in order, ``index_select`` with the batch's indices when shuffled or sharded.
 
+What is checked, and when: at construction, the options (``batchsize``, ``collate``, ``rng``
+even when ``shuffle=False``, an int seed in torch's range), equal observation counts across the
+data's items, and a loader that would yield no batches warns (naming the data). While loading a
+dataset of samples, an error from ``__getitem__``, ``__getitems__`` or ``collate`` gets a note
+naming the dataset indices and the batch; samples that cannot be collated (different shapes, a
+field with different types, tuples of different lengths, dicts with different keys) are an error
+naming the field and the dataset indices of the two samples that disagree.
+
 Source of the semantics: FluxML/MLUtils.jl ``src/eachobs.jl`` (``DataLoader``); the sharding
 follows ``torch.utils.data.DistributedSampler``.
 """
@@ -14,6 +22,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -92,35 +101,71 @@ def _describe(x: Any) -> str:
 # ---- collation of samples ---------------------------------------------------------------------
 
 
-def _collate(samples: list[Any], where: str) -> Any:
+def _kind(x: Any) -> str:
+    """What a sample field is, for collation: samples of one field must agree on it."""
+    if _is_array(x):
+        return "array"
+    if isinstance(x, bool | int | float | np.number | np.bool_):
+        return "number"
+    if isinstance(x, Mapping):
+        return "dict"
+    if isinstance(x, tuple):
+        return type(x).__name__ if hasattr(type(x), "_fields") else "tuple"
+    return type(x).__name__
+
+
+def _collate(samples: list[Any], indices: list[int], where: str) -> Any:
     """Stack a list of samples into a batch: tensors/arrays stacked along a new first dimension,
-    numbers into a tensor, tuples/namedtuples/dicts field by field; anything else stays a list."""
+    numbers into a tensor, tuples/namedtuples/dicts field by field; other values (strings...)
+    stay a list when every sample has the same type. ``indices`` are the samples' dataset
+    indices, named in errors; ``where`` names the field (``batch 3[0]['image']``)."""
     first = samples[0]
-    if _is_array(first):
+    kind = _kind(first)
+    for s, i in zip(samples, indices):
+        if _kind(s) != kind:
+            raise TypeError(
+                f"DataLoader: cannot collate {where}: the sample at dataset index {indices[0]} "
+                f"has a {type(first).__name__} there but the sample at dataset index {i} has a "
+                f"{type(s).__name__}; every sample needs the same types (pass collate=False "
+                "for lists of samples, or a collate function)"
+            )
+    if kind == "array":
         tensors = [_as_leaf(s) for s in samples]
-        shapes = {tuple(t.shape) for t in tensors}
-        if len(shapes) > 1:
-            bad = next(
-                i for i, t in enumerate(tensors) if tuple(t.shape) != tuple(tensors[0].shape)
-            )
-            raise ValueError(
-                f"DataLoader: cannot stack the samples of {where}: sample 0 has shape "
-                f"{tuple(tensors[0].shape)} but sample {bad} has {tuple(tensors[bad].shape)}; "
-                "pass collate=False for lists of samples, or a collate function"
-            )
+        shape = tuple(tensors[0].shape)
+        for t, i in zip(tensors, indices):
+            if tuple(t.shape) != shape:
+                raise ValueError(
+                    f"DataLoader: cannot stack {where}: the sample at dataset index "
+                    f"{indices[0]} has shape {shape} but the sample at dataset index {i} has "
+                    f"{tuple(t.shape)}; pass collate=False for lists of samples, or a collate "
+                    "function"
+                )
         return torch.stack(tensors)
-    if isinstance(first, bool | int | float) and all(
-        isinstance(s, bool | int | float) for s in samples
-    ):
-        return torch.tensor(samples)
-    if isinstance(first, np.generic):
+    if kind == "number":
+        if all(isinstance(s, bool | int | float) for s in samples):
+            return torch.tensor(samples)
         return torch.from_numpy(np.asarray(samples))
-    if isinstance(first, Mapping):
-        return {k: _collate([s[k] for s in samples], f"{where}[{k!r}]") for k in first}
+    if kind == "dict":
+        keys = list(first)
+        for s, i in zip(samples, indices):
+            if list(s) != keys and set(s) != set(keys):
+                raise ValueError(
+                    f"DataLoader: cannot collate {where}: the sample at dataset index "
+                    f"{indices[0]} has keys {keys} but the sample at dataset index {i} has "
+                    f"{list(s)}"
+                )
+        return {k: _collate([s[k] for s in samples], indices, f"{where}[{k!r}]") for k in keys}
     if isinstance(first, tuple):
-        if any(len(s) != len(first) for s in samples):
-            raise ValueError(f"DataLoader: the samples of {where} are tuples of different lengths")
-        fields = [_collate([s[i] for s in samples], f"{where}[{i}]") for i in range(len(first))]
+        for s, i in zip(samples, indices):
+            if len(s) != len(first):
+                raise ValueError(
+                    f"DataLoader: cannot collate {where}: the sample at dataset index "
+                    f"{indices[0]} is a tuple of {len(first)} but the sample at dataset index "
+                    f"{i} is a tuple of {len(s)}"
+                )
+        fields = [
+            _collate([s[j] for s in samples], indices, f"{where}[{j}]") for j in range(len(first))
+        ]
         return type(first)(*fields) if hasattr(type(first), "_fields") else tuple(fields)
     return list(samples)
 
@@ -128,24 +173,33 @@ def _collate(samples: list[Any], where: str) -> Any:
 # ---- random number generators -----------------------------------------------------------------
 
 
+def _check_rng(rng: Any) -> None:
+    """Refuse an rng that is not an int seed in torch's range, a torch or a numpy Generator."""
+    if rng is None or isinstance(rng, torch.Generator | np.random.Generator):
+        return
+    if isinstance(rng, bool) or not isinstance(rng, int | np.integer):
+        raise TypeError(
+            "DataLoader: rng must be an int seed, a torch.Generator or a numpy.random.Generator, "
+            f"got {type(rng).__name__} {rng!r}"
+        )
+    if not -(2**63) <= int(rng) < 2**64:
+        raise ValueError(
+            f"DataLoader: the rng seed {int(rng)} is outside the range torch's generator takes "
+            "(-2**63 to 2**64 - 1); reduce it, e.g. rng=seed % 2**64, or pass "
+            "rng=numpy.random.default_rng(seed), which takes any int"
+        )
+
+
 def _make_rng(rng: Any, sharded: bool) -> torch.Generator | np.random.Generator:
+    _check_rng(rng)
     if rng is None:
         # Ranks must agree on the order: a fixed seed when sharded (as DistributedSampler).
         # Otherwise seeded from torch's global generator, so torch.manual_seed reproduces runs.
         seed = 0 if sharded else int(torch.randint(0, 2**62, (), dtype=torch.int64))
         return torch.Generator().manual_seed(seed)
-    if isinstance(rng, bool):
-        raise TypeError(
-            "DataLoader: rng must be an int seed, a torch.Generator or a numpy Generator"
-        )
     if isinstance(rng, int | np.integer):
         return torch.Generator().manual_seed(int(rng))
-    if isinstance(rng, torch.Generator | np.random.Generator):
-        return rng
-    raise TypeError(
-        f"DataLoader: rng must be an int seed, a torch.Generator or a numpy.random.Generator, "
-        f"got {type(rng).__name__}"
-    )
+    return rng
 
 
 def _rng_state(rng: torch.Generator | np.random.Generator) -> Any:
@@ -207,8 +261,8 @@ class DataLoader:
             construction (so ``torch.manual_seed`` reproduces a run); seed 0 when sharded.
         prefetch: load up to this many batches ahead in a background thread (for slow datasets,
             e.g. reading files); 0 (default) loads in the caller's thread.
-        shard: ``(rank, world_size)`` or ``"auto"`` (from :func:`fluxtrain.rank` and
-            :func:`fluxtrain.world_size`): this process takes every ``world_size``-th index of
+        shard: ``(rank, world_size)`` or ``"auto"`` (from [`fluxtrain.rank`][fluxtrain.distributed.rank] and
+            [`fluxtrain.world_size`][fluxtrain.distributed.world_size]): this process takes every ``world_size``-th index of
             each epoch's order, starting at ``rank``. All ranks draw the same order (same seed),
             so their parts are disjoint. When the number of observations does not divide by
             ``world_size``, ``partial=True`` pads the order with its first indices (a few
@@ -294,12 +348,15 @@ class DataLoader:
                 "tensor, an array, a tuple/dict of them, or a dataset with __len__ and "
                 "__getitem__ (wrap an iterator in list() first)"
             )
+        _check_rng(rng)  # an invalid rng is an error even when it goes unused (shuffle=False)
         self._rng = _make_rng(rng, self.shard is not None) if self.shuffle else None
         self._epoch = 0  # index of the epoch running now, or of the next one
         self._position = 0  # batches handed out in the running epoch
         self._running = False
         self._epoch_rng_state: Any = None
         self._resume_at = 0
+        if len(self) == 0:
+            _warn_no_batches(self)
 
     # -- sizes --
 
@@ -391,7 +448,20 @@ class DataLoader:
     def _from_dataset(self, indices: list[int], k: int) -> Any:
         data = self._source
         if hasattr(data, "__getitems__"):
-            samples = data.__getitems__(indices)
+            try:
+                samples = data.__getitems__(indices)
+            except Exception as e:
+                e.add_note(
+                    f"(while DataLoader loaded samples {_shorten(indices)} for batch {k} "
+                    f"with {type(data).__name__}.__getitems__)"
+                )
+                raise
+            if not hasattr(samples, "__len__") or len(samples) != len(indices):
+                got = f"{len(samples)} samples" if hasattr(samples, "__len__") else "no list"
+                raise ValueError(
+                    f"DataLoader: {type(data).__name__}.__getitems__ returned {got} for the "
+                    f"{len(indices)} dataset indices {_shorten(indices)} of batch {k}"
+                )
         else:
             samples = []
             for i in indices:
@@ -403,8 +473,16 @@ class DataLoader:
         if self.collate is False:
             return samples
         if self.collate is None:
-            return _collate(samples, f"batch {k}")
-        return self.collate(samples)
+            return _collate(list(samples), indices, f"batch {k}")
+        try:
+            return self.collate(samples)
+        except Exception as e:
+            name = getattr(self.collate, "__name__", type(self.collate).__name__)
+            e.add_note(
+                f"(while DataLoader collated the samples at dataset indices {_shorten(indices)} "
+                f"into batch {k} with {name})"
+            )
+            raise
 
     # -- resuming --
 
@@ -443,7 +521,7 @@ class DataLoader:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a position saved by :meth:`state_dict`: the next iteration continues that
+        """Restore a position saved by [`state_dict`][fluxtrain.data.DataLoader.state_dict]: the next iteration continues that
         epoch where it stopped. The data and options must match; nothing changes on error."""
         for key in ("nobs", "batchsize", "shuffle", "partial"):
             if key in state and state[key] != getattr(self, key):
@@ -486,6 +564,35 @@ class DataLoader:
         if self.shard is not None:
             opts.append(f"shard={self.shard}")
         return f"DataLoader({_describe(self.data)}, {', '.join(opts)})  # {len(self)} batches"
+
+
+def _shorten(indices: list[int], most: int = 8) -> str:
+    """``[3, 1, 4]``, or the first few and a count for long lists."""
+    if len(indices) <= most:
+        return str(indices)
+    return f"[{', '.join(map(str, indices[:most]))}, ... ({len(indices)} in all)]"
+
+
+def _warn_no_batches(loader: DataLoader) -> None:
+    """Warn, at construction, that a loader will yield nothing (train_ would silently do nothing)."""
+    if loader.nobs == 0:
+        why = "the data has no observations"
+    elif loader.shard is not None and loader._nobs_here() == 0:
+        why = (
+            f"its {loader.nobs} observations are fewer than the {loader.shard[1]} ranks "
+            "with partial=False"
+        )
+    else:
+        why = (
+            f"its {loader._nobs_here()} observations are fewer than batchsize="
+            f"{loader.batchsize} with partial=False"
+        )
+    warnings.warn(
+        f"DataLoader over {_describe(loader.data)} yields no batches: {why}; iterating it (or "
+        "train_ / fit_ over it) does nothing",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _take(x: Any, idx: torch.Tensor) -> Any:

@@ -71,7 +71,7 @@ def load_digits(split: float = 0.2, seed: int = 0) -> tuple[Split, Split]:
 def digits_loaders(
     batchsize: int = 32, seed: int = 0, split: float = 0.2
 ) -> tuple[DataLoader, DataLoader]:
-    """Ready loaders over :func:`load_digits`: ``(train, valid)``.
+    """Ready loaders over [`load_digits`][fluxtrain.datasets.load_digits]: ``(train, valid)``.
 
     The training loader reshuffles every epoch (rng seeded with ``seed``); the validation
     loader keeps its order. Both yield ``(x, y)`` with ``x`` of shape ``(batchsize, 1, 8, 8)``.

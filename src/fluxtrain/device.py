@@ -2,14 +2,16 @@
 ``bf16``, ``f32``, ``f64``.
 
 Each works on a tensor, a Module or any tree of them (dicts, lists, dataclasses...), returning a
-new tree built with :func:`fluxtrain.fmap`; a tensor reached twice (tied weights) gives one new
+new tree built with [`fluxtrain.fmap`][fluxtrain.tree.fmap]; a tensor reached twice (tied weights) gives one new
 tensor reached twice, so ties survive.  Like Flux's, the precision helpers convert only
 floating-point tensors (integer labels and counters are left alone), and ``gpu`` returns its
-argument unchanged when no GPU is available, so the same script runs everywhere.
+argument unchanged when no GPU is available, so the same script runs everywhere; as Flux's, it
+then warns once per process, so a missing GPU does not go unnoticed.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, TypeVar
 
 import torch
@@ -36,18 +38,36 @@ def _map(f: Any, x: T) -> T:
     return fmap(f, x)
 
 
+# Flux warns once (``@warn ... maxlog=1``) that gpu() found no GPU; so do we, per process.
+_warned_no_gpu = False
+
+
 def gpu(x: T) -> T:
     """``x`` with every tensor on the GPU (CUDA, else Apple's MPS); ``x`` itself, unchanged,
-    when there is none (Flux's ``gpu``).
+    when there is none (Flux's ``gpu``), with a warning the first time.
 
     Example:
-        >>> import torch, fluxtrain as ft
+        >>> import torch, warnings, fluxtrain as ft
         >>> t = torch.ones(2)
-        >>> ft.gpu(t) is t or ft.gpu(t).device.type in ("cuda", "mps")
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")  # "no GPU is available" on a CPU-only machine
+        ...     moved = ft.gpu(t)
+        >>> moved is t or moved.device.type in ("cuda", "mps")
         True
     """
+    global _warned_no_gpu
     dev = _gpu_device()
     if dev is None:
+        if not _warned_no_gpu:
+            _warned_no_gpu = True
+            warnings.warn(
+                "ft.gpu: no GPU is available (torch.cuda.is_available() and "
+                "torch.backends.mps.is_available() are False), so the model and data stay on "
+                "the CPU. Nothing to do if that is what you want; otherwise install a CUDA "
+                "build of torch. This warning is shown once.",
+                UserWarning,
+                stacklevel=2,
+            )
         return x
     return _map(lambda t: t.to(dev), x)
 

@@ -3,8 +3,8 @@
 Everything here also works in a single process without ``torch.distributed`` initialised:
 then there is one rank, rank 0, and reductions return their input.
 
-A multi-process run calls :func:`init_distributed` once (it reads what ``torchrun`` puts in the
-environment), wraps the model with :func:`data_parallel`, shards its data with
+A multi-process run calls [`init_distributed`][fluxtrain.distributed.init_distributed] once (it reads what ``torchrun`` puts in the
+environment), wraps the model with [`data_parallel`][fluxtrain.distributed.data_parallel], shards its data with
 ``ft.DataLoader(..., shard="auto")`` and trains as usual; only rank 0 writes checkpoints
 (``ft.save``) and logs.  Launch the same script on one machine or on several:
 
@@ -15,7 +15,7 @@ torchrun --nproc-per-node 4 train.py
 torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint 10.0.0.1:29500 train.py
 ```
 
-A rank that dies must not leave the others waiting forever: :func:`init_distributed` gives every
+A rank that dies must not leave the others waiting forever: [`init_distributed`][fluxtrain.distributed.init_distributed] gives every
 collective a timeout and starts a small watchdog thread.  Each rank publishes a heartbeat in the
 rendezvous store; a rank that raises an uncaught exception publishes that too.  When another
 rank has failed, or has sent no heartbeat for ``heartbeat_timeout`` seconds (killed, out of

@@ -1,7 +1,7 @@
 """One-hot encoding of class labels: ``onehot`` and its inverse ``onecold`` (Flux's OneHotArrays).
 
 The class dimension is dimension 1, just after the batch dimension, as in PyTorch and as in
-:mod:`fluxtrain.losses` (Flux puts classes first and the batch last). Classes are either a count
+[`fluxtrain.losses`][fluxtrain.losses] (Flux puts classes first and the batch last). Classes are either a count
 ``C`` (labels are the integers ``0..C-1``, as in ``torch.nn.functional.one_hot``) or a sequence
 of class values, as in Flux's ``onehotbatch(labels, 0:9)`` or ``onehotbatch("abca", 'a':'c')``.
 """
@@ -136,7 +136,7 @@ def onecold(
     *,
     dims: int = 1,
 ) -> Any:
-    """The inverse of :func:`onehot`: the class of the largest entry along the class dimension.
+    """The inverse of [`onehot`][fluxtrain.encoding.onehot]: the class of the largest entry along the class dimension.
 
     Flux's ``onecold``. ``y`` is one-hot labels or scores/probabilities of shape ``(N, C, *rest)``
     (or a single vector of length ``C``). Returns the class indices (int64 tensor of shape

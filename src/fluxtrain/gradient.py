@@ -1,18 +1,25 @@
 """Explicit gradients (Zygote's ``gradient``/``withgradient``/``pullback``) on ``torch.autograd``.
 
 ``gradient(f, *args)`` calls ``f(*args)`` and returns one gradient per argument: a tensor for a
-tensor, a tree of the argument's shape for a model (a :class:`~fluxtrain.tree.Node` with attribute
+tensor, a tree of the argument's shape for a model (a [`Node`][fluxtrain.tree.Node] with attribute
 and index access), ``None`` where nothing was differentiable or nothing depended on it.
 
 Plain tensors inside an argument are differentiated by calling ``f`` on a copy of the argument's
 containers holding ``tensor.detach().requires_grad_()`` (same storage, no data copy); a Module's
 own parameters are used as they are, so ``f`` sees the real model.
+
+Gradients nest as Zygote's do: a ``gradient`` (or ``withgradient``, or a pullback's ``back``)
+taken while an outer one is running its function keeps its graph (``create_graph=True``) and
+differentiates through tensors that depend on the outer arguments instead of detaching them, so
+the outer gradient sees through it (a gradient penalty, a Hessian-vector product). At top level
+the graph is freed as usual.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -23,6 +30,15 @@ from .optimisers.state import unwrap
 from .tree import children, is_trainable_tensor, make_node, rebuild
 
 __all__ = ["gradient", "pullback", "withgradient"]
+
+
+# True while the function of an outer gradient runs: an inner gradient must then keep its graph.
+_OUTER: ContextVar[bool] = ContextVar("fluxtrain_outer_gradient", default=False)
+
+
+def _nested() -> bool:
+    """Whether a gradient taken now is inside another one that may differentiate through it."""
+    return _OUTER.get() and torch.is_grad_enabled()
 
 
 class _Inputs:
@@ -51,6 +67,9 @@ def _substitute(x: Any, inputs: _Inputs) -> Any:
             return inputs.add(x, x)
         if id(x) in inputs.slot:
             return inputs.tensors[inputs.slot[id(x)]]
+        if x.requires_grad and _nested():
+            # Inside an outer gradient: differentiate through x, which depends on its arguments.
+            return inputs.add(x, x)
         return inputs.add(x, x.detach().requires_grad_(True))
     if isinstance(x, nn.Module):
         # The model is called as it is: register its parameters, do not copy it.
@@ -117,8 +136,12 @@ def _value(loss: Any, out: Any) -> Any:
 def _forward(f: Callable[..., Any], args: tuple) -> tuple[_Inputs, Any, Any]:
     inputs = _Inputs()
     call_args = tuple(_substitute(a, inputs) for a in args)
-    with torch.enable_grad(), differentiating():
-        out = f(*call_args)
+    token = _OUTER.set(True)
+    try:
+        with torch.enable_grad(), differentiating():
+            out = f(*call_args)
+    finally:
+        _OUTER.reset(token)
     loss, out = _split_output(out)
     return inputs, loss, out
 
@@ -128,8 +151,18 @@ def _backward(
 ) -> tuple:
     if isinstance(loss, torch.Tensor) and loss.requires_grad and inputs.tensors:
         grad_output = None if seed is None else torch.as_tensor(seed, dtype=loss.dtype)
+        nested = _nested()
         sharded = any(_sharded(a) for a in args)
         if sharded or any(isinstance(a, _DDP) for a in args):
+            if nested:
+                # DDP and FSDP reduce gradients in hooks that do not build a graph: an outer
+                # gradient would silently see None through this one.
+                raise NotImplementedError(
+                    "gradient: a gradient of a DistributedDataParallel or FSDP model taken "
+                    "inside another gradient cannot be differentiated again (their gradient "
+                    "reduction keeps no graph); take the inner gradient with respect to the "
+                    "inner model (ddp.module) instead"
+                )
             raw = _backward_through_ddp(
                 loss, inputs.tensors, grad_output, retain, restrict=not sharded
             )
@@ -139,7 +172,8 @@ def _backward(
                 inputs.tensors,
                 grad_outputs=grad_output,
                 allow_unused=True,
-                retain_graph=retain,
+                retain_graph=retain or nested,
+                create_graph=nested,
             )
     else:
         raw = (None,) * len(inputs.tensors)
@@ -226,7 +260,7 @@ def gradient(f: Callable[..., Any], *args: Any) -> Any:
 
 
 def withgradient(f: Callable[..., Any], *args: Any) -> tuple[Any, tuple]:
-    """Like :func:`gradient`, also returning the value: ``(val, grads)``.
+    """Like [`gradient`][fluxtrain.gradient.gradient], also returning the value: ``(val, grads)``.
 
     If ``f`` returns a tuple, its first element is the loss that is differentiated and ``val`` is
     the whole tuple with the loss as a float (the seed's ``return my_loss(result, label), result``).
@@ -248,7 +282,7 @@ def withgradient(f: Callable[..., Any], *args: Any) -> tuple[Any, tuple]:
 def pullback(f: Callable[..., Any], *args: Any) -> tuple[Any, Callable[[Any], tuple]]:
     """``(val, back)``: the value of ``f(*args)`` and a function giving its gradients.
 
-    ``back(1.0)`` returns what :func:`gradient` would; ``back(dy)`` scales it by ``dy``.  ``back``
+    ``back(1.0)`` returns what [`gradient`][fluxtrain.gradient.gradient] would; ``back(dy)`` scales it by ``dy``.  ``back``
     may be called more than once.
 
     Example:

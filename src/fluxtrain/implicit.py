@@ -51,7 +51,7 @@ class Params:
     """An ordered set of parameter tensors, compared by identity (Zygote's ``Params``).
 
     Holds references to the tensors themselves, not copies: training through ``Params`` changes
-    the model.  Usually made with :func:`params`; ``Params(iterable_of_tensors)`` also works.
+    the model.  Usually made with [`params`][fluxtrain.implicit.params]; ``Params(iterable_of_tensors)`` also works.
 
     Example:
         >>> import torch
@@ -269,7 +269,7 @@ class Grads:
 
 
 def params(*xs: Any) -> Params:
-    """The trainable tensors of models, layers or arrays, as :class:`Params` (Flux's ``params``).
+    """The trainable tensors of models, layers or arrays, as [`Params`][fluxtrain.implicit.Params] (Flux's ``params``).
 
     Unpacks Modules (their parameters that require grad; BatchNorm's running statistics are
     buffers, not parameters), lists, tuples, dicts, named tuples and dataclasses; keeps
@@ -361,11 +361,11 @@ def _update(rule: Any, ps: Params, grads: Any) -> None:
 
 
 class _StopTraining(Exception):
-    """Raised by :func:`stop`; ends the implicit ``train_`` loop."""
+    """Raised by [`stop`][fluxtrain.implicit.stop]; ends the implicit ``train_`` loop."""
 
 
 class _SkipItem(Exception):
-    """Raised by :func:`skip`; abandons the current data item of the implicit ``train_``."""
+    """Raised by [`skip`][fluxtrain.implicit.skip]; abandons the current data item of the implicit ``train_``."""
 
 
 def stop() -> None:
@@ -460,7 +460,7 @@ def _train(
 
 
 class Throttled:
-    """A throttled callable made by :func:`throttle`; :meth:`flush` runs a pending call."""
+    """A throttled callable made by [`throttle`][fluxtrain.implicit.throttle]; [`flush`][fluxtrain.implicit.Throttled.flush] runs a pending call."""
 
     def __init__(
         self,
@@ -543,7 +543,7 @@ def throttle(
 
     There is no background timer (callbacks stay on the training thread, so ``ft.stop()`` in
     them works): a trailing call that is due runs at the next call after its time, or at
-    :meth:`Throttled.flush`.  ``clock`` (seconds, default ``time.monotonic``) can be replaced in tests.
+    [`Throttled.flush`][fluxtrain.implicit.Throttled.flush].  ``clock`` (seconds, default ``time.monotonic``) can be replaced in tests.
 
     Example:
         >>> now = [0.0]

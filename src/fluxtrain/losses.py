@@ -228,7 +228,7 @@ def crossentropy(
     ``ŷ`` holds probabilities (a ``softmax`` output) with classes along ``dims``; ``y`` is one-hot
     or soft labels of the same shape, or integer class indices of shape ``ŷ.shape`` without the
     class dimension. ``y log(…)`` is 0 where ``y == 0`` (Flux's ``xlogy``). Prefer
-    :func:`logitcrossentropy` on logits: it is more stable.
+    [`logitcrossentropy`][fluxtrain.losses.logitcrossentropy] on logits: it is more stable.
 
     Example:
         >>> ŷ = torch.softmax(torch.arange(-7.0, 8.0).reshape(5, 3), dim=1)
@@ -266,7 +266,7 @@ def binarycrossentropy(
     """Binary cross entropy, ``agg(-y log(ŷ + ε) - (1 - y) log(1 - ŷ + ε))``.
 
     ``ŷ`` holds probabilities (a ``sigmoid`` output), ``y`` the labels in [0, 1] (each ``x log``
-    term is 0 where its factor is 0). Prefer :func:`logitbinarycrossentropy` on logits.
+    term is 0 where its factor is 0). Prefer [`logitbinarycrossentropy`][fluxtrain.losses.logitbinarycrossentropy] on logits.
 
     Example:
         >>> binarycrossentropy(torch.tensor([0.7311, 0.5, 0.7311]), torch.tensor([1.0, 0.0, 1.0]))
@@ -398,7 +398,7 @@ def binary_focal_loss(
     """Binary focal loss (Lin et al. 2017, arXiv:1708.02002) on probabilities ``ŷ``.
 
     With ``p = ŷ + ε`` and ``pₜ = y p + (1 - y)(1 - p)``: ``agg(-(1 - pₜ)^γ log pₜ)``.
-    ``γ = 0`` gives :func:`binarycrossentropy`; larger ``γ`` down-weights easy examples.
+    ``γ = 0`` gives [`binarycrossentropy`][fluxtrain.losses.binarycrossentropy]; larger ``γ`` down-weights easy examples.
 
     Example:
         >>> ŷ = torch.tensor([[0.268941, 0.731059], [0.5, 0.5], [0.268941, 0.731059]])
@@ -424,7 +424,7 @@ def focal_loss(
     """Multi-class focal loss (Lin et al. 2017, arXiv:1708.02002) on probabilities ``ŷ``.
 
     ``agg(Σ_dims -y (1 - p)^γ log p)`` with ``p = ŷ + ε``, classes along ``dims``. ``γ = 0``
-    gives :func:`crossentropy`.
+    gives [`crossentropy`][fluxtrain.losses.crossentropy].
 
     Example:
         >>> ŷ = torch.softmax(torch.arange(-7.0, 8.0).reshape(5, 3), dim=1)

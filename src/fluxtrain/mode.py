@@ -1,7 +1,7 @@
 """Flux's automatic train/test mode: layers such as Dropout are active inside ``gradient``.
 
-``gradient``/``withgradient``/``pullback`` run the user's function inside :func:`differentiating`;
-layers ask :func:`is_differentiating` when their mode is automatic (``None``).
+``gradient``/``withgradient``/``pullback`` run the user's function inside `differentiating`;
+layers ask `is_differentiating` when their mode is automatic (``None``).
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 Three independent tools:
 
-* :func:`autocast` runs the forward pass in ``bfloat16`` or ``float16`` where that is safe
+* [`autocast`][fluxtrain.precision.autocast] runs the forward pass in ``bfloat16`` or ``float16`` where that is safe
   (``torch.autocast``), keeping parameters and the optimiser in float32.
-* :class:`LossScaler` (PyTorch's ``GradScaler`` idea, Micikevicius et al. 2017) multiplies the
+* [`LossScaler`][fluxtrain.precision.LossScaler] (PyTorch's ``GradScaler`` idea, Micikevicius et al. 2017) multiplies the
   loss before differentiation so that small float16 gradients do not flush to zero, divides the
   gradients back, and skips the optimiser step when they overflowed.  Skipped steps are counted;
   since the optimiser is not called, rule state and schedules do not advance.
-* :class:`MixedPrecision` (Optimisers.jl ``MixedPrecision``) is a rule for parameters that are
+* [`MixedPrecision`][fluxtrain.precision.MixedPrecision] (Optimisers.jl ``MixedPrecision``) is a rule for parameters that are
   themselves stored in low precision: it keeps a float32 master copy in its state, lets the
   wrapped rule update the master copy, and writes the rounded result back.
 
@@ -77,7 +77,7 @@ def autocast(
     does nothing, so code can take the precision as a setting.  ``device_type`` defaults to
     ``"cuda"`` when a GPU is available, else ``"cpu"``.  Use it around the forward pass and
     loss only; gradients come out in the parameters' dtype.  With float16 use a
-    :class:`LossScaler` too (bfloat16 has float32's range and needs none).
+    [`LossScaler`][fluxtrain.precision.LossScaler] too (bfloat16 has float32's range and needs none).
 
     Example:
         >>> import torch
@@ -252,7 +252,7 @@ class LossScaler:
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what [`state_dict`][fluxtrain.precision.LossScaler.state_dict] returned."""
         self.scale_value = float(sd["scale"])
         self.good_steps = int(sd["good_steps"])
         self.steps = int(sd["steps"])

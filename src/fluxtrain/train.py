@@ -1,12 +1,12 @@
 """``train_``: one pass of gradient descent over the data (Flux's ``train!``).
 
 For each item ``d`` of ``data`` it evaluates ``loss(model, *d)`` (or ``loss(model, d)`` when ``d``
-is not a tuple), takes the gradient with respect to the model and calls :func:`~fluxtrain.update_`.
+is not a tuple), takes the gradient with respect to the model and calls [`update_`][fluxtrain.optimisers.state.update_].
 That is all it does besides stopping on a non-finite loss and showing a progress bar: anything
 fancier is a loop you write yourself (seed 000, "Training Loops").
 
 Given ``ft.params(model)`` instead of a model, it runs the implicit (Flux <= 0.13) loop of
-:mod:`fluxtrain.implicit`.
+[`fluxtrain.implicit`][fluxtrain.implicit].
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def train_(
     the gradient with respect to ``model``; then ``ft.update_(opt_state, model, grads)``.  The
     loss may return ``(loss, aux)``; the first element is differentiated and recorded.
 
-    - A ``nan``/``inf`` loss raises :class:`NonFiniteLossError` naming the value and the item,
+    - A ``nan``/``inf`` loss raises [`NonFiniteLossError`][fluxtrain.train.NonFiniteLossError] naming the value and the item,
       before any update from that item: the model keeps its values from the item before.
     - A tqdm progress bar with the running mean loss appears when ``data`` has a length and
       stderr is a terminal; ``progress=True``/``False`` forces it on/off.
@@ -179,7 +179,7 @@ def train_(
       optimiser (with any schedule in it) is not advanced for it.
     - With ``ft.params(model)`` as ``model`` and a rule as ``opt_state`` it is the implicit
       (Flux <= 0.13) ``train!``: ``loss(*d)``, callbacks ``cb`` after every item, ``ft.stop()``
-      and ``ft.skip()`` (see :mod:`fluxtrain.implicit`).
+      and ``ft.skip()`` (see [`fluxtrain.implicit`][fluxtrain.implicit]).
 
     Example:
         >>> import torch, fluxtrain as ft

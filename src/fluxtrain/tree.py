@@ -7,7 +7,7 @@ the functions here, so there is exactly one notion of "the children of a node".
 
 Trainable leaves are floating-point tensors; inside a Module, its registered parameters that
 require grad (buffers such as BatchNorm's running statistics are not trainable).  A class narrows
-its trainable children with :func:`layer`.  The same tensor reached twice (tied weights) is one
+its trainable children with [`layer`][fluxtrain.tree.layer].  The same tensor reached twice (tied weights) is one
 parameter.
 """
 
@@ -136,7 +136,7 @@ def is_trainable_tensor(x: Any) -> bool:
 
 
 def trainable_children(x: Any) -> dict[Any, Any] | None:
-    """Like :func:`children`, but with non-trainable children replaced by ``None``.
+    """Like `children`, but with non-trainable children replaced by ``None``.
 
     Inside a Module only registered parameters that require grad (and submodules) can be
     trainable; buffers never are.  A class decorated with ``@layer(trainable=...)`` narrows
@@ -323,7 +323,7 @@ def _format(x: Any, indent: int) -> str:
 
 
 def make_node(template: Any, new_children: dict[Any, Any]) -> Node:
-    """A :class:`Node` of the same kind as the model node ``template``."""
+    """A [`Node`][fluxtrain.tree.Node] of the same kind as the model node ``template``."""
     kind = node_kind(template)
     assert kind is not None
     return Node(kind, new_children)

@@ -1,14 +1,14 @@
 """Activation functions with Flux's (NNlib.jl's) names, defaults and formulas, on torch tensors.
 
-Each function acts elementwise, except :func:`softmax`, :func:`logsoftmax` and
-:func:`logsumexp`, which act along a dimension.  Formulas follow NNlib.jl ``src/activations.jl``
+Each function acts elementwise, except [`softmax`][fluxtrain.layers.softmax], [`logsoftmax`][fluxtrain.layers.logsoftmax] and
+[`logsumexp`][fluxtrain.layers.logsumexp], which act along a dimension.  Formulas follow NNlib.jl ``src/activations.jl``
 and ``src/softmax.jl``.
 
 **The softmax dimension.**  Flux normalises over ``dims=1``, the feature dimension, because Flux
 puts features first and the batch last.  fluxtrain puts the batch first (PyTorch's layout), so the
 features sit in dimension 1, just after the batch dimension: ``softmax(x)`` normalises over
 ``dims=1`` for ``x`` with two or more dimensions (the classes of an ``(N, C)`` batch, the channels
-of an ``(N, C, H, W)`` batch, as ``torch.nn.CrossEntropyLoss`` and :mod:`fluxtrain.losses` count
+of an ``(N, C, H, W)`` batch, as ``torch.nn.CrossEntropyLoss`` and [`fluxtrain.losses`][fluxtrain.losses] count
 them) and over the only dimension of a 1-d vector (a single sample without batch dimension).
 """
 
@@ -215,7 +215,7 @@ def gelu(x: Tensor) -> Tensor:
     ``gelu(x) = x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))``.
 
     Hendrycks & Gimpel, "Gaussian Error Linear Units", arXiv:1606.08415.  The exact form
-    ``x Φ(x)`` is :func:`gelu_erf` (``torch.nn.functional.gelu``'s default).
+    ``x Φ(x)`` is [`gelu_erf`][fluxtrain.layers.gelu_erf] (``torch.nn.functional.gelu``'s default).
 
     Example:
         >>> import torch
@@ -357,7 +357,7 @@ def softmax(x: Tensor, dims: int | None = None) -> Tensor:
 
 
 def logsoftmax(x: Tensor, dims: int | None = None) -> Tensor:
-    """``logsoftmax(x) = x - logsumexp(x)`` along ``dims`` (default as for :func:`softmax`).
+    """``logsoftmax(x) = x - logsumexp(x)`` along ``dims`` (default as for [`softmax`][fluxtrain.layers.softmax]).
 
     Example:
         >>> import torch
@@ -368,7 +368,7 @@ def logsoftmax(x: Tensor, dims: int | None = None) -> Tensor:
 
 
 def logsumexp(x: Tensor, dims: int | None = None) -> Tensor:
-    """``log Σ exp(x)`` along ``dims`` (default as for :func:`softmax`), keeping that dimension.
+    """``log Σ exp(x)`` along ``dims`` (default as for [`softmax`][fluxtrain.layers.softmax]), keeping that dimension.
 
     Example:
         >>> import torch

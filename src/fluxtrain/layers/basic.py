@@ -174,7 +174,7 @@ class Dense(Layer):
     Sizes as Flux's ``Dense(in => out, act)``: ``Dense(784, 32, σ)`` or ``Dense((784, 32), σ)``.
     ``weight`` has shape ``(out, in)`` (as Flux and ``nn.Linear``), ``bias`` ``(out,)``.  The
     input has the batch first: ``(N, in)``, or any ``(..., in)``, or a single ``(in,)`` vector.
-    ``init`` is called as ``init(out, in)`` (default :func:`glorot_uniform`, Flux's default);
+    ``init`` is called as ``init(out, in)`` (default [`glorot_uniform`][fluxtrain.layers.glorot_uniform], Flux's default);
     ``bias=False`` removes the bias, a tensor sets it.  ``Dense(weight, bias=True, act)`` builds
     the layer around a given weight matrix.
 

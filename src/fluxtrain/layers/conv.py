@@ -2,13 +2,13 @@
 
 Input is ``(N, C, spatial...)``, batch first and channels second (Flux: ``(spatial..., C, N)``);
 1, 2 or 3 spatial dimensions, as many as the kernel has.  Weights are PyTorch's:
-``(out, in // groups, k...)`` for :class:`Conv`, ``(in, out // groups, k...)`` for
-:class:`ConvTranspose`, and these layers compute PyTorch's cross-correlation (Flux's ``Conv``
+``(out, in // groups, k...)`` for [`Conv`][fluxtrain.layers.Conv], ``(in, out // groups, k...)`` for
+[`ConvTranspose`][fluxtrain.layers.ConvTranspose], and these layers compute PyTorch's cross-correlation (Flux's ``Conv``
 flips the kernel; weights copied from Julia need ``flip`` on the spatial dimensions).
 
 ``pad`` as in Flux: an int (all sides), one int per spatial dimension (both sides), two per
 spatial dimension ``(lo1, hi1, lo2, hi2, ...)`` in the kernel's dimension order, or
-:class:`SamePad`.
+[`SamePad`][fluxtrain.layers.SamePad].
 """
 
 from __future__ import annotations

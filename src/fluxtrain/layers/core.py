@@ -56,7 +56,7 @@ class Func(Layer):
 
 
 def as_module(layer: Any) -> nn.Module:
-    """``layer`` itself if it is a Module, else wrapped in :class:`Func` (lists become Chains)."""
+    """``layer`` itself if it is a Module, else wrapped in `Func` (lists become Chains)."""
     if isinstance(layer, nn.Module):
         return layer
     if isinstance(layer, (list, tuple)):
@@ -67,7 +67,7 @@ def as_module(layer: Any) -> nn.Module:
 
 
 def unwrap(layer: nn.Module) -> Any:
-    """The function inside a :class:`Func`, any other layer as it is."""
+    """The function inside a `Func`, any other layer as it is."""
     return layer.fn if type(layer) is Func else layer
 
 

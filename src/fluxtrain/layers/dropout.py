@@ -1,6 +1,6 @@
 """Dropout layers (Flux.jl ``src/layers/normalise.jl``): active only while training.
 
-Both follow Flux's automatic mode (see :mod:`fluxtrain.layers.modes`): active inside
+Both follow Flux's automatic mode (see `fluxtrain.layers.modes`): active inside
 ``ft.gradient``/``withgradient``/``pullback``, the identity outside, unless forced with
 ``trainmode_``/``testmode_`` or the ``active=`` keyword.
 """

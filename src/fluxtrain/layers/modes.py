@@ -3,7 +3,7 @@
 Layers that behave differently while training (Dropout, AlphaDropout, BatchNorm, InstanceNorm)
 have an ``active`` attribute: ``None`` (automatic, the default), ``True`` or ``False``.  In
 automatic mode a layer is active exactly while a function runs under ``ft.gradient``,
-``ft.withgradient`` or ``ft.pullback`` (:func:`fluxtrain.mode.is_differentiating`), as Flux's
+``ft.withgradient`` or ``ft.pullback`` (`fluxtrain.mode.is_differentiating`), as Flux's
 layers are active exactly inside Zygote's ``gradient``.  So a training loop written with
 ``ft.gradient`` needs no mode switching, and evaluating the model outside it is in test mode.
 

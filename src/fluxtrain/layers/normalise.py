@@ -5,7 +5,7 @@ it is dimension 1, as in PyTorch: ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)``...
 are PyTorch's (``weight`` = Flux's γ, ``bias`` = β, buffers ``running_mean`` = μ and
 ``running_var`` = σ²), so weights load from and into ``nn.BatchNorm2d`` & co.
 
-BatchNorm and InstanceNorm follow Flux's automatic mode (see :mod:`fluxtrain.layers.modes`):
+BatchNorm and InstanceNorm follow Flux's automatic mode (see `fluxtrain.layers.modes`):
 inside ``ft.gradient`` they normalise with the batch statistics and update the running ones
 (momentum 0.1, unbiased variance, as both Flux and PyTorch do); outside they use the running
 statistics.

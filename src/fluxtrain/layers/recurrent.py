@@ -311,7 +311,7 @@ def _unlayer(h: Tensor, batched: bool) -> Tensor:
 
 
 class RNN(_Sequence):
-    """A vanilla RNN over a sequence: ``RNN(in, out, act=tanh)`` runs :class:`RNNCell` over
+    """A vanilla RNN over a sequence: ``RNN(in, out, act=tanh)`` runs [`RNNCell`][fluxtrain.layers.RNNCell] over
     ``x`` of shape ``(N, T, in)`` and returns every hidden state, ``(N, T, out)``.  ``m(x, h0)``
     starts from ``h0`` (default zeros); ``return_state=True`` also returns the last state.
 
@@ -325,7 +325,7 @@ class RNN(_Sequence):
 
 
 class LSTM(_Sequence):
-    """An LSTM over a sequence: runs :class:`LSTMCell` over ``(N, T, in)`` and returns every
+    """An LSTM over a sequence: runs [`LSTMCell`][fluxtrain.layers.LSTMCell] over ``(N, T, in)`` and returns every
     hidden state ``h``, ``(N, T, out)``; ``m(x, (h0, c0))`` sets the initial state.
 
     Example:
@@ -338,7 +338,7 @@ class LSTM(_Sequence):
 
 
 class GRU(_Sequence):
-    """A GRU over a sequence: runs :class:`GRUCell` over ``(N, T, in)`` and returns every
+    """A GRU over a sequence: runs [`GRUCell`][fluxtrain.layers.GRUCell] over ``(N, T, in)`` and returns every
     hidden state, ``(N, T, out)``; ``m(x, h0)`` sets the initial state.
 
     Example:

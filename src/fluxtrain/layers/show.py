@@ -1,4 +1,4 @@
-"""Flux-style printing of models, and :func:`summary` with parameter counts.
+"""Flux-style printing of models, and [`summary`][fluxtrain.layers.summary] with parameter counts.
 
 A leaf layer prints on one line with its parameter count (Flux's ``_layer_show``)::
 
@@ -7,7 +7,7 @@ A leaf layer prints on one line with its parameter count (Flux's ``_layer_show``
 A container (``Chain``, ``Parallel``, ``SkipConnection``) prints one child per line, indented,
 each with its count, and ends with a total when it holds more than two trainable arrays
 (Flux's ``_big_show``/``_big_finale``, Flux.jl ``src/layers/show.jl``).  Trainable means what
-:func:`fluxtrain.trainables` returns; everything else reachable (BatchNorm's running statistics,
+[`fluxtrain.trainables`][fluxtrain.tree.trainables] returns; everything else reachable (BatchNorm's running statistics,
 frozen parameters) is "non-trainable".  Sizes are the bytes of the distinct tensors (Flux prints
 Julia's ``summarysize``, which has no torch equivalent).
 """

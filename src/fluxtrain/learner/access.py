@@ -1,8 +1,8 @@
 """Declared state access: permissions parsed from ``reads``/``writes`` and the guarded view.
 
-Each callback sees the learner through a :class:`GuardedView` built from its declarations.  A
+Each callback sees the learner through a `GuardedView` built from its declarations.  A
 read of an undeclared attribute, or a write that was not declared as one, raises
-:class:`~fluxtrain.ProtectedAccessError` naming the callback and the path to declare
+[`ProtectedAccessError`][fluxtrain.learner.ProtectedAccessError] naming the callback and the path to declare
 (FluxTraining.jl ``src/callbacks/protect.jl``: ``Protected``, ``Read``, ``Write``).
 
 Reading a declared container returns the real object, except the learner's own state bags

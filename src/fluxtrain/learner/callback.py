@@ -1,6 +1,6 @@
 """The callback base class: react to events, declare the learner state you read and write.
 
-A callback subclasses :class:`Callback` and implements ``on(event, phase, learner)``
+A callback subclasses [`Callback`][fluxtrain.learner.Callback] and implements ``on(event, phase, learner)``
 (FluxTraining.jl's ``on(event, phase, callback, learner)``, ``src/callbacks/callback.jl``).  It
 declares, as dotted paths into the learner, what it reads and writes:
 
@@ -16,7 +16,7 @@ declares, as dotted paths into the learner, what it reads and writes:
 The learner derives the order in which callbacks run from these declarations (writers of a path
 run before its readers; ``runafter``/``runbefore`` add explicit constraints), refuses two writers
 of the same state that have no order between them, and hands each callback a guarded view of
-itself in which an undeclared access raises :class:`~fluxtrain.ProtectedAccessError`
+itself in which an undeclared access raises [`ProtectedAccessError`][fluxtrain.learner.ProtectedAccessError]
 (FluxTraining.jl's ``stateaccess`` and ``Protected``, ``src/callbacks/protect.jl``).
 
 Paths: ``"model"``, ``"opt_state"``, ``"optimizer"``, ``"lossfn"``, ``"data"``, ``"step"``,
@@ -41,10 +41,10 @@ class Callback:
 
     - ``reads``, ``writes``: dotted paths of learner state accessed (see the module docs).
     - ``runafter``, ``runbefore``: callback classes this one must run after / before.
-    - ``handles``: the event classes :meth:`on` wants, or ``None`` for every event.
+    - ``handles``: the event classes [`on`][fluxtrain.learner.Callback.on] wants, or ``None`` for every event.
 
-    Methods to override: :meth:`on`; optionally :meth:`init` (called once when the callback is
-    added to a learner) and :meth:`state_dict`/:meth:`load_state_dict` (what a checkpoint must
+    Methods to override: [`on`][fluxtrain.learner.Callback.on]; optionally [`init`][fluxtrain.learner.Callback.init] (called once when the callback is
+    added to a learner) and [`state_dict`][fluxtrain.learner.Callback.state_dict]/[`load_state_dict`][fluxtrain.learner.Callback.load_state_dict] (what a checkpoint must
     keep to resume).
 
     Example:
@@ -69,7 +69,7 @@ class Callback:
         """React to ``event`` during ``phase`` (``None`` for ``FitBegin``/``FitEnd``).
 
         ``learner`` is a guarded view of the learner: only declared state is reachable.
-        Raise :class:`~fluxtrain.CancelStepException` & co. to change the control flow.
+        Raise [`CancelStepException`][fluxtrain.learner.CancelStepException] & co. to change the control flow.
         """
 
     def init(self, learner: Any) -> None:
@@ -81,7 +81,7 @@ class Callback:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what [`state_dict`][fluxtrain.learner.Callback.state_dict] returned."""
 
     def is_a(self, cls: type) -> bool:
         """Whether this callback is (or wraps) an instance of ``cls``; used for ``runafter``."""

@@ -8,20 +8,20 @@ Both come in two forms (FluxTraining.jl ``src/training.jl``, where they take a `
 - a context-manager form, ``with runstep(learner, phase, initial_state) as (handle, state):`` and
   ``with runepoch(learner, phase) as handle:``.
 
-``handle(event)`` fires an event to the callbacks; ``state`` is the new :class:`StepState`, which
+``handle(event)`` fires an event to the callbacks; ``state`` is the new [`StepState`][fluxtrain.learner.StepState], which
 ``learner.step`` points to.  ``runstep`` fires ``StepBegin``/``StepEnd`` and swallows a
-:class:`~fluxtrain.CancelStepException`; ``runepoch`` fires ``EpochBegin``/``EpochEnd``, puts the
+[`CancelStepException`][fluxtrain.learner.CancelStepException]; ``runepoch`` fires ``EpochBegin``/``EpochEnd``, puts the
 model in training (``AbstractTrainingPhase``) or evaluation (``AbstractValidationPhase``) mode for
-the epoch, swallows a :class:`~fluxtrain.CancelEpochException`, and, when not inside
-:func:`~fluxtrain.fit_`, ends on a :class:`~fluxtrain.CancelFittingException` by recording it in
+the epoch, swallows a [`CancelEpochException`][fluxtrain.learner.CancelEpochException], and, when not inside
+[`fit_`][fluxtrain.learner.fit_], ends on a [`CancelFittingException`][fluxtrain.learner.CancelFittingException] by recording it in
 ``learner.stop_reason``.
 
 A ``CancelStepException`` where no step runs, or a ``CancelEpochException`` where no epoch runs,
 is a ``RuntimeError`` saying where it may be raised (see :func:`misplaced_cancel`).
 
 One limit of Python's ``with``: a cancellation raised by a ``StepBegin``/``EpochBegin`` callback
-cannot skip the block from inside it, so it leaves the ``with`` statement; :func:`step_` and
-:func:`epoch_` (and the function forms) catch it.  Built-in phases use the function forms.
+cannot skip the block from inside it, so it leaves the ``with`` statement; [`step_`][fluxtrain.learner.step_] and
+[`epoch_`][fluxtrain.learner.epoch_] (and the function forms) catch it.  Built-in phases use the function forms.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def misplaced_cancel(e: BaseException, where: str, event: Any = None) -> Runtime
 
 
 class Handle:
-    """``handle(event)``: fire ``event`` (an :class:`Event` or an event class) to the learner's
+    """``handle(event)``: fire ``event`` (an [`Event`][fluxtrain.learner.Event] or an event class) to the learner's
     callbacks during ``phase``."""
 
     __slots__ = ("learner", "phase")
@@ -136,7 +136,7 @@ def runstep(*args: Any, **kwargs: Any) -> Any:
     ``stepfn(handle, state)``; ``with runstep(learner, phase, initial_state) as (handle, state):``
     does the same for a block.  ``initial_state`` (a mapping, e.g. ``{"xs": xs, "ys": ys}``) fills
     the new state, which becomes ``learner.step`` before ``StepBegin``.  A
-    :class:`~fluxtrain.CancelStepException` ends the step early without ``StepEnd``.
+    [`CancelStepException`][fluxtrain.learner.CancelStepException] ends the step early without ``StepEnd``.
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -257,8 +257,8 @@ def runepoch(*args: Any, **kwargs: Any) -> Any:
     ``with runepoch(learner, phase) as handle:`` does the same for a block.  During the epoch
     the model's Modules are in training mode for an ``AbstractTrainingPhase`` and in evaluation
     mode for an ``AbstractValidationPhase`` (restored afterwards).  A
-    :class:`~fluxtrain.CancelEpochException` ends the epoch without ``EpochEnd``; a
-    :class:`~fluxtrain.CancelFittingException` outside :func:`~fluxtrain.fit_` ends it too and is
+    [`CancelEpochException`][fluxtrain.learner.CancelEpochException] ends the epoch without ``EpochEnd``; a
+    [`CancelFittingException`][fluxtrain.learner.CancelFittingException] outside [`fit_`][fluxtrain.learner.fit_] ends it too and is
     recorded in ``learner.stop_reason``.
 
     Example:

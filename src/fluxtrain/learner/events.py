@@ -1,6 +1,6 @@
 """Events: the moments of training that callbacks react to (FluxTraining.jl ``Events``).
 
-During :func:`~fluxtrain.fit_` they fire in this order (each epoch runs a training then, when
+During [`fit_`][fluxtrain.learner.fit_] they fire in this order (each epoch runs a training then, when
 there is validation data, a validation phase)::
 
     FitBegin
@@ -14,13 +14,13 @@ there is validation data, a validation phase)::
     FitEnd
 
 ``FitBegin``/``FitEnd`` are fluxtrain's additions (FluxTraining.jl has only ``Init``): they fire
-once per :func:`~fluxtrain.fit_` call, and ``FitEnd`` also fires when fitting is cancelled with
-:class:`~fluxtrain.CancelFittingException`, so that callbacks can close files and progress bars.
+once per [`fit_`][fluxtrain.learner.fit_] call, and ``FitEnd`` also fires when fitting is cancelled with
+[`CancelFittingException`][fluxtrain.learner.CancelFittingException], so that callbacks can close files and progress bars.
 A cancelled step skips its remaining events (``StepEnd`` included); a cancelled epoch skips
 ``EpochEnd``.  Source: FluxTraining.jl ``src/callbacks/events.jl`` and ``src/training.jl``.
 
 Events are tiny classes; test for one with ``isinstance(event, StepEnd)``.  User code may define
-new events by subclassing :class:`Event` and firing them with ``handle(MyEvent())`` inside a step.
+new events by subclassing [`Event`][fluxtrain.learner.Event] and firing them with ``handle(MyEvent())`` inside a step.
 """
 
 from __future__ import annotations
@@ -64,13 +64,13 @@ class Event:
 
 
 class FitBegin(Event):
-    """Once at the start of :func:`~fluxtrain.fit_`, before the first epoch (phase is ``None``)."""
+    """Once at the start of [`fit_`][fluxtrain.learner.fit_], before the first epoch (phase is ``None``)."""
 
     __slots__ = ()
 
 
 class FitEnd(Event):
-    """Once at the end of :func:`~fluxtrain.fit_`, also after a cancellation (phase ``None``)."""
+    """Once at the end of [`fit_`][fluxtrain.learner.fit_], also after a cancellation (phase ``None``)."""
 
     __slots__ = ()
 

@@ -1,9 +1,9 @@
 """Control-flow exceptions of the training loop, and the errors of the callback system.
 
-Raise :class:`CancelStepException`, :class:`CancelEpochException` or
-:class:`CancelFittingException` from a callback or from step code to skip the rest of a step, an
+Raise [`CancelStepException`][fluxtrain.learner.CancelStepException], [`CancelEpochException`][fluxtrain.learner.CancelEpochException] or
+[`CancelFittingException`][fluxtrain.learner.CancelFittingException] from a callback or from step code to skip the rest of a step, an
 epoch, or the whole fit (FluxTraining.jl ``src/callbacks/callback.jl``).  Unlike FluxTraining.jl
-(issue #159), a cancelled fit is not an error for the caller: :func:`~fluxtrain.fit_` returns
+(issue #159), a cancelled fit is not an error for the caller: [`fit_`][fluxtrain.learner.fit_] returns
 normally and records the exception in ``learner.stop_reason`` (its ``callback`` attribute names
 the callback that raised it, so early stopping can be told from a NaN loss without parsing text).
 """
@@ -66,7 +66,7 @@ class CancelEpochException(FitException):
 
 
 class CancelFittingException(FitException):
-    """End fitting: :func:`~fluxtrain.fit_` fires ``FitEnd``, records the reason, and returns.
+    """End fitting: [`fit_`][fluxtrain.learner.fit_] fires ``FitEnd``, records the reason, and returns.
 
     Raised at an ``EpochEnd`` it ends fitting after that epoch: the callbacks after the one
     that raised it still see the ``EpochEnd`` (``Checkpointer`` saves the epoch), the epoch's

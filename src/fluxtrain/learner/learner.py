@@ -1,12 +1,12 @@
-"""The :class:`Learner`: model, loss, optimiser state, data and callbacks; and :func:`fit_`.
+"""The [`Learner`][fluxtrain.learner.Learner]: model, loss, optimiser state, data and callbacks; and [`fit_`][fluxtrain.learner.fit_].
 
 FluxTraining.jl ``src/learner.jl`` and ``src/training.jl``, with fluxtrain's changes:
 
 - the optimiser is an Optimisers.jl-style rule; its state ``learner.opt_state`` is
   ``ft.setup(optimizer, model)`` and steps use ``ft.gradient`` and ``ft.update_`` (explicit style);
-- a cancelled fit (``CancelFittingException``, e.g. from ``EarlyStopping``) ends :func:`fit_`
+- a cancelled fit (``CancelFittingException``, e.g. from ``EarlyStopping``) ends [`fit_`][fluxtrain.learner.fit_]
   normally, with the reason in ``learner.stop_reason`` (FluxTraining.jl issue #159);
-- :meth:`Learner.state_dict`/:meth:`Learner.load_state_dict` and ``fit_(..., resume=path)``
+- [`Learner.state_dict`][fluxtrain.learner.Learner.state_dict]/[`Learner.load_state_dict`][fluxtrain.learner.Learner.load_state_dict] and ``fit_(..., resume=path)``
   resume a run from a checkpoint at the epoch where it stopped.
 """
 
@@ -53,7 +53,7 @@ class LearnerData(NamedTuple):
 
 @dataclasses.dataclass
 class FitProgress:
-    """Where :func:`fit_` is: ``learner.progress`` (``None`` outside ``fit_``).
+    """Where [`fit_`][fluxtrain.learner.fit_] is: ``learner.progress`` (``None`` outside ``fit_``).
 
     ``epoch`` is the 0-based epoch index within this ``fit_`` call of ``nepochs``;
     ``phase_index`` the phase running (0 training, 1 validation); ``phases_done`` how many of
@@ -259,9 +259,9 @@ class Learner:
 
     Attributes: ``model``, ``lossfn``, ``optimizer``, ``opt_state``, ``data`` (``.training``,
     ``.validation``), ``callbacks`` (in execution order), ``step`` (the last step's
-    :class:`~fluxtrain.StepState`), ``cbstate`` (shared callback state), ``epoch`` (completed
-    :func:`fit_` epochs), ``progress`` (a :class:`FitProgress` during ``fit_``),
-    ``stop_reason`` (the :class:`~fluxtrain.CancelFittingException` that ended the last fit).
+    [`StepState`][fluxtrain.learner.StepState]), ``cbstate`` (shared callback state), ``epoch`` (completed
+    [`fit_`][fluxtrain.learner.fit_] epochs), ``progress`` (a [`FitProgress`][fluxtrain.learner.FitProgress] during ``fit_``),
+    ``stop_reason`` (the [`CancelFittingException`][fluxtrain.learner.CancelFittingException] that ended the last fit).
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -447,7 +447,7 @@ class Learner:
     def state_dict(self) -> dict[str, Any]:
         """Everything besides ``model`` and ``opt_state`` that resuming needs, as plain data:
         epoch counters and fit progress, ``cbstate`` (history, metrics), each callback's
-        :meth:`~fluxtrain.Callback.state_dict`, the data iterators' ``state_dict()`` when they
+        [`state_dict`][fluxtrain.learner.Callback.state_dict], the data iterators' ``state_dict()`` when they
         have one, and the random number generators' states (torch, CUDA, Python, NumPy).
 
         Example:
@@ -472,7 +472,7 @@ class Learner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (model and optimiser state are restored by
+        """Restore what [`state_dict`][fluxtrain.learner.Learner.state_dict] returned (model and optimiser state are restored by
         ``ft.checkpoint.load``).  The next ``fit_(..., resume=...)`` continues after the saved
         epoch.  All or nothing: if any part is refused (a callback's or a data iterator's
         ``load_state_dict``, the RNG states), the learner is left as it was."""
@@ -619,7 +619,7 @@ def fit_(
     or nothing: with the default loader the file, the model, the optimiser state and the
     learner state are all checked before any of them changes.
 
-    A :class:`~fluxtrain.CancelFittingException` (``EarlyStopping``, ``StopOnNaNLoss``, or your
+    A [`CancelFittingException`][fluxtrain.learner.CancelFittingException] (``EarlyStopping``, ``StopOnNaNLoss``, or your
     own) ends fitting cleanly: ``FitEnd`` fires, ``learner.stop_reason`` holds the exception,
     and ``fit_`` returns.  Raised at an ``EpochEnd``, it ends fitting after that epoch: the
     callbacks after the one that raised it still see the ``EpochEnd`` (so ``Checkpointer``

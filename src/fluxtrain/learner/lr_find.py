@@ -35,7 +35,7 @@ __all__ = ["LRFinderResult", "lr_find"]
 
 @dataclasses.dataclass
 class LRFinderResult:
-    """The outcome of :func:`lr_find`: the rates tried, the raw and smoothed losses, and the
+    """The outcome of `lr_find`: the rates tried, the raw and smoothed losses, and the
     suggested rate."""
 
     lrs: list[float]

@@ -6,8 +6,8 @@ Rules (FluxTraining.jl ``src/callbacks/graph.jl``, made stricter):
 2. A callback that writes a path runs before every callback that reads it (paths conflict when
    one is a prefix of the other), unless an explicit constraint says otherwise.
 3. Two callbacks writing the same state must be ordered explicitly (rule 1); otherwise it is a
-   :class:`~fluxtrain.CallbackOrderError`, raised when the learner is built.
-4. A cycle is a :class:`~fluxtrain.CallbackOrderError` naming the callbacks and reasons.
+   [`CallbackOrderError`][fluxtrain.learner.CallbackOrderError], raised when the learner is built.
+4. A cycle is a [`CallbackOrderError`][fluxtrain.learner.CallbackOrderError] naming the callbacks and reasons.
 
 Callbacks not constrained keep the order in which they were given.
 """

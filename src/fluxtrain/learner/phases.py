@@ -1,12 +1,12 @@
 """Phases: what one step and one epoch do (FluxTraining.jl ``Phase``, ``step!``, ``epoch!``).
 
-A phase is an object whose :meth:`Phase.step` runs one batch and whose :meth:`Phase.epoch`
+A phase is an object whose [`Phase.step`][fluxtrain.learner.Phase.step] runs one batch and whose [`Phase.epoch`][fluxtrain.learner.Phase.epoch]
 iterates over a data iterator.  Write a new training behaviour by subclassing
-:class:`AbstractTrainingPhase` (or :class:`AbstractValidationPhase`) and overriding ``step``,
+[`AbstractTrainingPhase`][fluxtrain.learner.AbstractTrainingPhase] (or [`AbstractValidationPhase`][fluxtrain.learner.AbstractValidationPhase]) and overriding ``step``,
 then run it with ``epoch_(learner, MyPhase(), data)``; callbacks that act only in training
 (``Scheduler``) or only in validation (``EarlyStopping``) recognise it by its base class.
 
-The module-level :func:`step_` and :func:`epoch_` (FluxTraining.jl's ``step!``/``epoch!``)
+The module-level [`step_`][fluxtrain.learner.step_] and [`epoch_`][fluxtrain.learner.epoch_] (FluxTraining.jl's ``step!``/``epoch!``)
 dispatch to the phase.
 """
 
@@ -41,7 +41,7 @@ __all__ = [
 
 
 class Phase:
-    """Base class of phases.  Override :meth:`step` (and :meth:`epoch` if one epoch is more than
+    """Base class of phases.  Override [`step`][fluxtrain.learner.Phase.step] (and [`epoch`][fluxtrain.learner.Phase.epoch] if one epoch is more than
     "for each batch, one step").
 
     Phases compare equal when of the same class with equal attributes, so they can key dicts
@@ -70,7 +70,7 @@ class Phase:
         )
 
     def epoch(self, learner: Any, dataiter: Iterable[Any]) -> None:
-        """Run one epoch: ``step_`` on every batch of ``dataiter`` inside :func:`runepoch`."""
+        """Run one epoch: ``step_`` on every batch of ``dataiter`` inside [`runepoch`][fluxtrain.learner.runepoch]."""
 
         def run(handle: Handle) -> None:
             for i, batch in enumerate(dataiter):

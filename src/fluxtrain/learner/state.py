@@ -1,15 +1,15 @@
 """The learner's state containers: the step state, the shared callback state, per-phase dicts.
 
-- :class:`StepState` is ``learner.step``: the last step's ``xs``, ``ys``, ``ys_pred`` (Flux's
+- [`StepState`][fluxtrain.learner.StepState] is ``learner.step``: the last step's ``xs``, ``ys``, ``ys_pred`` (Flux's
   ``ŷs``, also reachable under that name), ``loss`` and ``grads``, plus anything step code stores.
-- :class:`CallbackState` is ``learner.cbstate``: what callbacks share (``history``,
+- [`CallbackState`][fluxtrain.learner.CallbackState] is ``learner.cbstate``: what callbacks share (``history``,
   ``metrics_step``, ``metrics_epoch``, ``hyperparams`` ...), FluxTraining.jl's ``PropDict``.
-- :class:`PhaseDict` maps phases to values (``cbstate.history[TrainingPhase()]``), keyed by the
+- `PhaseDict` maps phases to values (``cbstate.history[TrainingPhase()]``), keyed by the
   phase's name so that it survives a checkpoint.
 
-Values stored here are saved by :meth:`~fluxtrain.Learner.state_dict` when they are plain data
+Values stored here are saved by [`state_dict`][fluxtrain.learner.Learner.state_dict] when they are plain data
 (numbers, strings, lists, dicts, tensors) or one of the registered state types
-(:func:`register_state_type`).
+(`register_state_type`).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def to_plain(x: Any) -> Any:
 
 
 def from_plain(x: Any) -> Any:
-    """Inverse of :func:`to_plain` (tuples come back as lists)."""
+    """Inverse of `to_plain` (tuples come back as lists)."""
     if isinstance(x, dict):
         tag = x.get(_TAG)
         if tag == "PhaseDict":

@@ -636,7 +636,7 @@ class WeightDecay(Rule):
     """L2 regularisation as a gradient transformation: ``dx + lambd x``.
 
     Equivalent to adding ``lambd/2 * sum(x^2)`` to the loss; put it first in an
-    :class:`OptimiserChain`.
+    [`OptimiserChain`][fluxtrain.optimisers.rules.OptimiserChain].
 
     Example:
         >>> WeightDecay(0.42)
@@ -693,8 +693,8 @@ class ClipNorm(Rule):
     ``scope="array"`` (Optimisers.jl's behaviour, the default) takes the norm of each parameter
     array separately.  ``scope="global"`` takes one norm over every parameter updated with this
     rule in the same ``update_`` call (torch's ``clip_grad_norm_``); a global ClipNorm must be the
-    rule itself or the first rule of an :class:`OptimiserChain`.  With ``throw=True`` a non-finite
-    norm raises :class:`NonFiniteGradientError` before anything is updated; with ``throw=False``
+    rule itself or the first rule of an [`OptimiserChain`][fluxtrain.optimisers.rules.OptimiserChain].  With ``throw=True`` a non-finite
+    norm raises [`NonFiniteGradientError`][fluxtrain.optimisers.rules.NonFiniteGradientError] before anything is updated; with ``throw=False``
     an infinite norm scales the array by 0 and a NaN norm makes it NaN (Optimisers.jl's
     ``min(omega / norm, 1)``).
 

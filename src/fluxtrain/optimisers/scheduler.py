@@ -96,8 +96,8 @@ class Scheduler(Rule):
     ``rule_class`` may also be any function returning a rule, called with keywords.
 
     The state is ``(t, inner_state)`` with ``t`` starting at 1: each update applies
-    ``rule_class(**values_at_t)`` (see :meth:`rule_at`) and increments ``t``.  It works inside
-    :class:`OptimiserChain` like any rule.
+    ``rule_class(**values_at_t)`` (see [`rule_at`][fluxtrain.optimisers.scheduler.Scheduler.rule_at]) and increments ``t``.  It works inside
+    [`OptimiserChain`][fluxtrain.optimisers.rules.OptimiserChain] like any rule.
 
     ``ft.adjust_(state, eta=...)`` on a Scheduler replaces what drives that field: a number
     fixes it (ending its schedule), a schedule installs a new schedule; fields that were not
@@ -250,7 +250,7 @@ class Scheduler(Rule):
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Scheduler:
-        """Rebuild a Scheduler from :meth:`to_dict`'s output."""
+        """Rebuild a Scheduler from [`to_dict`][fluxtrain.optimisers.scheduler.Scheduler.to_dict]'s output."""
         from ..schedules._base import _decode
 
         cls: Callable[..., Rule] | None = getattr(_rules, d["constructor"], None)

@@ -1,9 +1,9 @@
 """Tree-shaped optimiser state (Optimisers.jl): setup, update_, adjust_, freeze_, thaw_, reset_.
 
-``setup(rule, model)`` returns a tree of the model's shape with a :class:`Leaf` at each trainable
+``setup(rule, model)`` returns a tree of the model's shape with a [`Leaf`][fluxtrain.optimisers.state.Leaf] at each trainable
 tensor.  ``update_`` first walks state, model and gradient together and checks everything (no
 mutation happens before the walk succeeds: a bad gradient anywhere leaves the model and the state
-as they were), then hands the work to :mod:`fluxtrain.optimisers.engine`, which updates leaves
+as they were), then hands the work to `fluxtrain.optimisers.engine`, which updates leaves
 that share a rule, dtype and device together.
 """
 
@@ -92,7 +92,7 @@ def unwrap(model: Any) -> Any:
 
 
 def leaves(tree: Any) -> Iterator[Leaf]:
-    """Every :class:`Leaf` below ``tree`` (tied ones once), in tree order."""
+    """Every [`Leaf`][fluxtrain.optimisers.state.Leaf] below ``tree`` (tied ones once), in tree order."""
     seen: set[int] = set()
 
     def walk(t: Any) -> Iterator[Leaf]:
@@ -134,7 +134,7 @@ def _check_global_clip(rule: Rule, first: bool) -> None:
 
 
 def setup(rule: Rule, model: Any) -> Any:
-    """Make the optimiser state for ``model``: a tree of its shape with a :class:`Leaf` per
+    """Make the optimiser state for ``model``: a tree of its shape with a [`Leaf`][fluxtrain.optimisers.state.Leaf] per
     trainable tensor and ``None`` elsewhere (Optimisers.jl ``setup``).
 
     Tied tensors (the same tensor reached twice) share one Leaf.  Children are reached as in the
@@ -397,7 +397,7 @@ def _unchanged(structure: list[tuple[Any, tuple]]) -> bool:
 
 
 def update(state: Any, model: Any, grads: Any = None) -> tuple[Any, Any]:
-    """Like :func:`update_` but returns new state and model, leaving the originals untouched.
+    """Like [`update_`][fluxtrain.optimisers.state.update_] but returns new state and model, leaving the originals untouched.
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -489,7 +489,7 @@ def adjust_(tree: Any, eta: float | None = None, **hyper: Any) -> None:
 
 
 def adjust(tree_or_rule: Any, eta: float | None = None, **hyper: Any) -> Any:
-    """Copying version of :func:`adjust_`: returns a new rule or a new state tree.
+    """Copying version of [`adjust_`][fluxtrain.optimisers.state.adjust_]: returns a new rule or a new state tree.
 
     Example:
         >>> import fluxtrain as ft
@@ -531,9 +531,9 @@ def _has_tensor(tree: Any) -> bool:
 
 
 def freeze_(tree: Any) -> None:
-    """Stop updating every parameter below ``tree`` until :func:`thaw_` (state is kept).
+    """Stop updating every parameter below ``tree`` until [`thaw_`][fluxtrain.optimisers.state.thaw_] (state is kept).
 
-    ``tree`` is the optimiser state from :func:`setup` or a subtree of it; passing the model
+    ``tree`` is the optimiser state from ``setup`` or a subtree of it; passing the model
     instead is an error (it would silently do nothing).
 
     Example:
@@ -547,7 +547,8 @@ def freeze_(tree: Any) -> None:
 
 
 def thaw_(tree: Any) -> None:
-    """Undo :func:`freeze_` on every Leaf below ``tree`` (the state tree, not the model).
+    """Undo [`freeze_`][fluxtrain.optimisers.state.freeze_] on every Leaf below ``tree`` (the state
+    tree, not the model).
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -573,7 +574,7 @@ def _assign_state(old: Any, new: Any) -> Any:
 def reset_(tree: Any) -> None:
     """Zero the stored state (momenta, counters) of every Leaf below ``tree``, keeping rules.
 
-    Also resets a :class:`~fluxtrain.schedules.Stateful` schedule.
+    Also resets a [`Stateful`][fluxtrain.schedules.Stateful] schedule.
 
     Example:
         >>> import torch, fluxtrain as ft

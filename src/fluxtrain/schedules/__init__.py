@@ -9,7 +9,7 @@ also iterates as ``s(1), s(2), ...``.  Use one by hand with ``ft.adjust_`` (seed
         ft.adjust_(opt_state, eta)
         ...
 
-through a :class:`Stateful` and :func:`next_`, or inside the optimiser state with the
+through a [`Stateful`][fluxtrain.schedules.Stateful] and [`next_`][fluxtrain.schedules.next_], or inside the optimiser state with the
 ``ft.Scheduler`` rule.  ``reverse`` and ``symmetric`` are reached as ``ft.schedules.reverse``.
 """
 

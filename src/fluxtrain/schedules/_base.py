@@ -4,7 +4,7 @@ ParameterSchedulers.jl (``src/interface.jl``) makes a schedule a callable ``s(t)
 iterations ``t = 1, 2, ...`` that also iterates as ``s(1), s(2), ...``; finite schedules have a
 length.  Here every schedule is a frozen dataclass: immutable, compared and hashed by value (a
 rule holding schedules is a dictionary key in the update engine) and listable field by field (so
-that checkpoints can store it as JSON via :meth:`Schedule.to_dict`).
+that checkpoints can store it as JSON via [`Schedule.to_dict`][fluxtrain.schedules.Schedule.to_dict]).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ class Schedule:
     A subclass is a frozen dataclass implementing ``_value(t)``; it is then callable as
     ``s(t)`` (``t`` counts from 1), iterable (``s(1), s(2), ...``: forever, or ``len(s)`` values
     for a finite schedule), hashable, comparable by value and printable with its parameters.
-    Subclass it (and decorate with :func:`dataclasses.dataclass` ``(frozen=True)``) to write
-    your own schedule; :meth:`to_dict`/:meth:`from_dict` then work for it too.
+    Subclass it (and decorate with `dataclasses.dataclass` ``(frozen=True)``) to write
+    your own schedule; [`to_dict`][fluxtrain.schedules.Schedule.to_dict]/[`from_dict`][fluxtrain.schedules.Schedule.from_dict] then work for it too.
 
     Example:
         >>> import dataclasses, fluxtrain as ft
@@ -113,7 +113,7 @@ class Schedule:
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Schedule:
-        """Rebuild a schedule from :meth:`to_dict`'s output.
+        """Rebuild a schedule from [`to_dict`][fluxtrain.schedules.Schedule.to_dict]'s output.
 
         Example:
             >>> import fluxtrain as ft
@@ -179,7 +179,7 @@ def check_callable(owner: str, name: str, f: Any) -> None:
 
 
 def as_schedule(v: Any) -> Callable[[float], Any]:
-    """Numbers become :class:`Constant` schedules (ParameterSchedulers does the same)."""
+    """Numbers become [`Constant`][fluxtrain.schedules.Constant] schedules (ParameterSchedulers does the same)."""
     if isinstance(v, numbers.Real) and not isinstance(v, bool):
         from .compose import Constant
 

@@ -3,14 +3,17 @@ Constant, Sequence, Loop, Interpolator, Shifted, ComposedSchedule, Shortened, On
 ``reverse``/``symmetric`` helpers.
 
 Wherever a schedule is expected, any function of ``t`` works too (``Loop(math.log, 10)``), and
-in ``Sequence``/``ComposedSchedule`` a plain number stands for a :class:`Constant`.  Schedules
-made of our classes stay serialisable (:meth:`Schedule.to_dict`); Python functions do not.
+in ``Sequence``/``ComposedSchedule`` a plain number stands for a [`Constant`][fluxtrain.schedules.Constant].  Schedules
+made of our classes stay serialisable ([`Schedule.to_dict`][fluxtrain.schedules.Schedule.to_dict]); Python functions do not.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Callable
+import threading
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any
 
 from ._base import (
@@ -52,26 +55,100 @@ class Constant(Schedule):
         return self.value
 
 
+class _Segments:
+    """The ``(schedule, length)`` pairs of a lazy [`Sequence`][fluxtrain.schedules.Sequence], pulled from the two
+    iterables only as far as an iteration ``t`` needs (ParameterSchedulers.jl walks its
+    iterators the same way).
+
+    What has been pulled is remembered compactly, so that ``s(t)`` works at any ``t`` again,
+    backwards too (a one-shot iterator such as a generator or ``itertools.cycle`` cannot be
+    replayed): the end of each segment (8 bytes) and the position of its schedule in a table of
+    distinct schedules (8 bytes). A cycle over a few schedules therefore costs 16 bytes per
+    segment passed, and nothing is pulled past the segment holding ``t``.
+    """
+
+    def __init__(self, schedules: Any, step_sizes: Any) -> None:
+        self._pairs = zip(iter(schedules), iter(step_sizes))
+        self._ends = array("q")  # cumulative end of each segment pulled
+        self._which = array("q")  # index into _table of each segment's schedule
+        self._table: list[Any] = []
+        self._slot: dict[int, int] = {}  # id(item as given) -> index into _table
+        self._given: list[Any] = []  # the items as given, kept alive so their ids stay unique
+        self._done = False
+        self._lock = threading.Lock()
+        if not self._pull():
+            raise ValueError("Sequence needs at least one schedule and one step size")
+
+    def _pull(self) -> bool:
+        """Pull one more pair; False once either iterable is exhausted."""
+        try:
+            item, n = next(self._pairs)
+        except StopIteration:
+            self._done = True
+            return False
+        k = len(self._ends)
+        check_count("Sequence", f"step_sizes[{k}]", n)
+        slot = self._slot.get(id(item))
+        if slot is None:
+            sched = as_schedule(item)
+            check_callable("Sequence", f"schedules[{k}]", sched)
+            slot = self._slot[id(item)] = len(self._table)
+            self._table.append(sched)
+            self._given.append(item)
+        self._ends.append((self._ends[-1] if k else 0) + int(n))
+        self._which.append(slot)
+        return True
+
+    def locate(self, t: float) -> tuple[Any, float]:
+        """The schedule running at ``t`` and ``t`` counted from its start (from 1)."""
+        with self._lock:
+            while not self._done and self._ends[-1] < t and self._pull():
+                pass
+            # The first segment ending at or after t; past the last, the last one continues.
+            k = min(bisect.bisect_left(self._ends, t), len(self._ends) - 1)
+            start = self._ends[k - 1] if k else 0
+            return self._table[self._which[k]], t - start
+
+
+def _is_sized(x: Any) -> bool:
+    return isinstance(x, Sized) and not isinstance(x, Iterator)
+
+
 @schedule_class
 class Sequence(Schedule):
     """Schedules one after another: each runs for its number of iterations, with its own ``t``
     counting from 1 again (ParameterSchedulers.jl ``src/complex.jl``).
 
     Give ``(schedule, length)`` pairs positionally (Julia's ``schedule => length``), or the two
-    lists by keyword: ``Sequence(schedules=[...], step_sizes=[...])``.  Numbers stand for
+    collections by keyword: ``Sequence(schedules=[...], step_sizes=[...])``.  Numbers stand for
     constants.  Past the total length the last schedule simply continues.
 
+    ``schedules`` and ``step_sizes`` may also be iterators or other iterables without a length,
+    infinite ones included (``itertools.cycle``, ``itertools.repeat``, a generator): they are
+    then consumed lazily, only as far as the largest ``t`` asked for, as ParameterSchedulers.jl
+    does. The pairs pulled are remembered (16 bytes each), so the schedule can be evaluated at
+    any ``t`` again. Such a Sequence has no length and cannot be written with
+    [`to_dict`][fluxtrain.schedules.Schedule.to_dict]; when either iterable ends, the last schedule continues.
+
     Example:
-        >>> import fluxtrain as ft
+        >>> import itertools, fluxtrain as ft
         >>> s = ft.Sequence((1.0, 1), (ft.Step(0.1, 0.5, 10), 50))  # Julia: 1 => 1, Step(...) => 50
         >>> s(1), s(2), s(42), s(52)
         (1.0, 0.1, 0.00625, 0.003125)
         >>> ft.Sequence(schedules=[0.5, 0.1], step_sizes=[2, 2])(3)
         0.1
+        >>> warm_restarts = ft.Sequence(  # 1.0 then 0.5 for 2 steps each, again and again
+        ...     schedules=itertools.cycle([1.0, 0.5]), step_sizes=itertools.repeat(2)
+        ... )
+        >>> [warm_restarts(t) for t in range(1, 9)], warm_restarts(10**6)
+        ([1.0, 1.0, 0.5, 0.5, 1.0, 1.0, 0.5, 0.5], 0.5)
     """
 
-    schedules: tuple[Any, ...]
-    step_sizes: tuple[int, ...]
+    schedules: tuple[Any, ...] | Iterable[Any]
+    step_sizes: tuple[int, ...] | Iterable[int]
+    # Not a field (no annotation): the lazy pairs, or None when both lists are stored; the
+    # class default covers instances rebuilt without __init__ (copies, checkpoints).
+    _segments = None
 
     def __init__(
         self,
@@ -94,6 +171,20 @@ class Sequence(Schedule):
             step_sizes = [p[1] for p in pairs]
         if schedules is None or step_sizes is None:
             raise TypeError("Sequence needs (schedule, length) pairs or schedules= and step_sizes=")
+        for name, v in (("schedules", schedules), ("step_sizes", step_sizes)):
+            if not isinstance(v, Iterable) or isinstance(v, str | bytes):
+                raise TypeError(
+                    f"Sequence: {name} must be a list, a tuple or another iterable, got {v!r}"
+                )
+        if not (_is_sized(schedules) and _is_sized(step_sizes)):
+            # At least one without a length (an iterator, possibly infinite): consume lazily.
+            # The finite one becomes a tuple (hashable: rules holding schedules are dict keys).
+            schedules = tuple(schedules) if _is_sized(schedules) else schedules
+            step_sizes = tuple(step_sizes) if _is_sized(step_sizes) else step_sizes
+            object.__setattr__(self, "_segments", _Segments(schedules, step_sizes))
+            object.__setattr__(self, "schedules", schedules)
+            object.__setattr__(self, "step_sizes", step_sizes)
+            return
         schedules, step_sizes = tuple(schedules), tuple(step_sizes)
         if not schedules:
             raise ValueError("Sequence needs at least one schedule")
@@ -106,10 +197,18 @@ class Sequence(Schedule):
             check_callable("Sequence", f"schedules[{i}]", s)
         for i, n in enumerate(step_sizes):
             check_count("Sequence", f"step_sizes[{i}]", n)
+        object.__setattr__(self, "_segments", None)
         object.__setattr__(self, "schedules", scheds)
         object.__setattr__(self, "step_sizes", tuple(int(n) for n in step_sizes))
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Sequence:
+        # Immutable by value; a lazy one holds iterators that cannot be copied, and sharing
+        # its cache of pulled segments is harmless (they never change).
+        return self
+
     def _locate(self, t: float) -> tuple[Any, float]:
+        if self._segments is not None:
+            return self._segments.locate(t)
         start = 0
         for s, n in zip(self.schedules[:-1], self.step_sizes[:-1]):
             if t <= start + n:
@@ -122,6 +221,8 @@ class Sequence(Schedule):
         return s(local)
 
     def _length(self) -> int | None:
+        if self._segments is not None:
+            return None
         last = length_of(self.schedules[-1])
         return None if last is None else sum(self.step_sizes[:-1]) + last
 
@@ -389,7 +490,7 @@ class OneCycle(Schedule):
 
 @schedule_class
 class Reversed(Schedule):
-    """``f(period - t)``: see :func:`reverse`."""
+    """``f(period - t)``: see `reverse`."""
 
     f: Any
     period: float
@@ -404,7 +505,7 @@ class Reversed(Schedule):
 
 @schedule_class
 class Symmetric(Schedule):
-    """``f(t)`` for ``t < period/2``, else ``f(period - t)``: see :func:`symmetric`."""
+    """``f(t)`` for ``t < period/2``, else ``f(period - t)``: see `symmetric`."""
 
     f: Any
     period: float

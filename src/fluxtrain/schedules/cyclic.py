@@ -273,7 +273,7 @@ def Cos(
 ) -> CosAnneal:
     """The cosine-annealing schedule of seed 000: ``Cos(l0=1e-4, l1=1e-2, period=10)``.
 
-    ``Cos`` is ParameterSchedulers.jl's older name, deprecated in favour of :class:`CosAnneal`
+    ``Cos`` is ParameterSchedulers.jl's older name, deprecated in favour of [`CosAnneal`][fluxtrain.schedules.CosAnneal]
     (``src/cyclic.jl``: ``Cos(range0, range1, period)`` becomes ``CosAnneal(λ0=range0,
     λ1=range1, period=period)``).  It returns the equivalent ``CosAnneal`` with warm restarts:
     the value starts at ``max(l0, l1)``, falls along a half cosine to ``min(l0, l1)`` and restarts

@@ -32,7 +32,7 @@ def _rule_value(rule: Rule, field: str) -> Any:
 
 class ReduceLROnPlateau:
     """Multiply a value (the learning rate ``eta`` by default) by ``factor`` once a metric has
-    not improved for more than ``patience`` consecutive calls of :meth:`step`.
+    not improved for more than ``patience`` consecutive calls of [`step`][fluxtrain.schedules.ReduceLROnPlateau.step].
 
     Each ``step(metric)``: the metric *improves* if, for ``mode="min"``, it is below
     ``best * (1 - threshold)`` (``threshold_mode="rel"``) or ``best - threshold``
@@ -184,7 +184,7 @@ class ReduceLROnPlateau:
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (and apply the value to ``opt_state``)."""
+        """Restore what [`state_dict`][fluxtrain.schedules.ReduceLROnPlateau.state_dict] returned (and apply the value to ``opt_state``)."""
         self.value = float(d["value"])
         self.best = float(d["best"])
         self.num_bad_steps = int(d["num_bad_steps"])

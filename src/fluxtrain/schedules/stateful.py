@@ -1,6 +1,6 @@
 """``Stateful`` schedules and ``next_`` (ParameterSchedulers.jl ``Stateful``/``next!``).
 
-Schedules are stateless: ``s(t)`` needs the iteration ``t``.  A :class:`Stateful` keeps ``t``
+Schedules are stateless: ``s(t)`` needs the iteration ``t``.  A [`Stateful`][fluxtrain.schedules.Stateful] keeps ``t``
 for you, so a training loop can ask for the next value (seed 000)::
 
     schedule = ft.Stateful(ft.Cos(l0=1e-4, l1=1e-2, period=10))
@@ -25,7 +25,7 @@ def _always(state: int) -> bool:
 class Stateful:
     """A schedule together with its iteration counter ``state`` (starting at 1).
 
-    :func:`next_` returns ``schedule(state)`` and then advances ``state`` by one if
+    [`next_`][fluxtrain.schedules.next_] returns ``schedule(state)`` and then advances ``state`` by one if
     ``advance(state)`` is true (default: always).  ``ft.reset_(st)`` sets ``state`` back to 1.
     A ``Stateful`` is also a Python iterator: ``next(st)`` is ``ft.next_(st)``, and iteration
     stops at the end of a finite schedule.  (ParameterSchedulers.jl ``src/complex.jl``.)

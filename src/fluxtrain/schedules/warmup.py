@@ -32,7 +32,7 @@ class Warmup(Schedule):
 
     So the ramp reaches ``schedule(1)`` exactly at ``t = nsteps + 1``, as in
     ``transformers.get_linear_schedule_with_warmup`` (with ``start = 0``).  Make one with
-    :func:`warmup`.
+    `warmup`.
 
     Example:
         >>> import fluxtrain as ft
@@ -64,7 +64,7 @@ class Warmup(Schedule):
 def warmup(schedule: Any, nsteps: int, start: float = 0.0) -> Warmup:
     """Put a linear warm-up of ``nsteps`` iterations from ``start`` in front of ``schedule``.
 
-    Any schedule (or number, for a constant rate) works; see :class:`Warmup` for the formula.
+    Any schedule (or number, for a constant rate) works; see [`Warmup`][fluxtrain.schedules.Warmup] for the formula.
 
     Example:
         >>> import fluxtrain as ft

@@ -55,7 +55,7 @@ class Checkpointer(Callback):
     """Saves a checkpoint at the end of every ``every``-th epoch, keeping the last ``keep``
     and, with ``keep_best``, the best ``keep_best`` by a metric.
 
-    Inside :func:`~fluxtrain.fit_` a checkpoint is written once both phases of an epoch are
+    Inside [`fit_`][fluxtrain.learner.fit_] a checkpoint is written once both phases of an epoch are
     done, named from ``filename`` (a format string with ``epoch``, 1-based) in ``folder``;
     outside ``fit_`` after each training epoch.  ``save_fn(path, model=, opt_state=, learner=)``
     writes it (default ``fluxtrain.checkpoint.save``, which writes atomically, so a failed save

@@ -16,7 +16,40 @@ from ...tree import children
 from ..callback import Callback
 from ..events import EpochBegin, Event, FitBegin, StepBegin
 
-__all__ = ["ToDevice", "move"]
+__all__ = ["ToDevice", "check_device_available", "move"]
+
+
+def check_device_available(device: torch.device, where: str) -> None:
+    """Raise a ``ValueError`` naming ``where`` when ``device`` is not usable on this machine
+    (torch's own error for a missing CUDA is a bare ``AssertionError``).
+
+    Example:
+        >>> import torch
+        >>> check_device_available(torch.device("cpu"), "ToDevice('cpu')")
+    """
+    kind = device.type
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build"
+            raise ValueError(
+                f"{where}: no CUDA device is available (torch {torch.__version__} is {build}, "
+                "torch.cuda.is_available() is False); use device=None to take CUDA when present "
+                "and the CPU otherwise, or install a CUDA build of torch "
+                "(https://pytorch.org/get-started/locally/)"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"{where}: there is no CUDA device {device.index}; this machine has {count} "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
+    elif kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(
+                f"{where}: Apple's MPS device is not available on this machine "
+                "(torch.backends.mps.is_available() is False)"
+            )
 
 
 def move(x: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -96,6 +129,8 @@ class ToDevice(Callback):
 
     ``device=None`` picks CUDA when available, else the CPU.  Runs before every other callback,
     so they all see data on the device.  The optimiser state is moved, never re-created.
+    A device this machine does not have (``"cuda"`` on a CPU-only torch, ``"cuda:3"`` with
+    one GPU) is a ``ValueError`` at construction, before anything is moved.
 
     Example:
         >>> from fluxtrain.callbacks import ToDevice
@@ -111,6 +146,7 @@ class ToDevice(Callback):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        check_device_available(self.device, f"ToDevice({str(device)!r})")
         self.non_blocking = non_blocking
         self._moved: int | None = None
 

@@ -4,7 +4,7 @@
 Each step, every metric is evaluated on ``(learner.step.ys_pred, learner.step.ys)`` (the loss is
 read from ``learner.step.loss``) and stored in ``cbstate.metrics_step[phase]``; at the end of an
 epoch, the epoch value (the mean over the epoch's steps weighted by batch size, then averaged
-over processes with :func:`fluxtrain.distributed.all_reduce_mean`) goes to
+over processes with [`fluxtrain.distributed.all_reduce_mean`][fluxtrain.distributed.all_reduce_mean]) goes to
 ``cbstate.metrics_epoch[phase]``.  A smoothed loss is kept per step under ``"SmoothLoss"``.
 """
 
@@ -239,12 +239,12 @@ class _Running:
 class Metrics(Callback):
     """Tracks the loss (always) and the given metrics per step and per epoch.
 
-    ``metrics`` are :class:`Metric` objects or plain functions ``f(ys_pred, ys)`` (named after
+    ``metrics`` are [`Metric`][fluxtrain.callbacks.Metric] objects or plain functions ``f(ys_pred, ys)`` (named after
     the function).  ``smooth`` is the weight of FluxTraining.jl's ``SmoothLoss``: the smoothed
     loss is a running mean whose step weight is ``max(1/t, smooth)`` at step ``t`` (an
     exponentially weighted mean once ``t > 1/smooth``; OnlineStats ``ExponentialWeight``);
     ``None`` turns it off.  Results: ``cbstate.metrics_step[phase]`` and
-    ``cbstate.metrics_epoch[phase]``, :class:`MetricHistory` objects.
+    ``cbstate.metrics_epoch[phase]``, [`MetricHistory`][fluxtrain.callbacks.MetricHistory] objects.
 
     Example:
         >>> import torch, fluxtrain as ft

@@ -57,8 +57,8 @@ def plot_metrics(cbstate: Any, path: str | os.PathLike[str]) -> Path:
 
 
 class PlotMetrics(Callback):
-    """Saves the curves of :func:`plot_metrics` to ``path`` at the end of every epoch (inside
-    :func:`~fluxtrain.fit_`: once its training and validation phases are both done).
+    """Saves the curves of [`plot_metrics`][fluxtrain.callbacks.plot_metrics] to ``path`` at the end of every epoch (inside
+    [`fit_`][fluxtrain.learner.fit_]: once its training and validation phases are both done).
 
     Example:
         >>> from fluxtrain.callbacks import PlotMetrics

@@ -1,6 +1,6 @@
 """``ProgressBar`` (tqdm) and ``MetricsPrinter`` (a row of metrics per epoch).
 
-Both print on the main process only (:func:`fluxtrain.distributed.is_main_process`).
+Both print on the main process only ([`fluxtrain.distributed.is_main_process`][fluxtrain.distributed.is_main_process]).
 FluxTraining.jl ``ProgressPrinter``/``MetricsPrinter`` (``src/callbacks/callbacks.jl``).
 """
 

@@ -51,7 +51,7 @@ def batch_size(xs: Any) -> int:
 
 
 class Recorder(Callback):
-    """Keeps ``learner.cbstate.history[phase]``, a :class:`History` per phase.
+    """Keeps ``learner.cbstate.history[phase]``, a [`History`][fluxtrain.callbacks.History] per phase.
 
     Example:
         >>> import torch, fluxtrain as ft

@@ -53,7 +53,7 @@ class SanityCheck(Callback):
     3. ``lossfn(model(xs), ys)`` is a real scalar, and finite;
     4. its gradient reaches the parameters and is finite.
 
-    All failures are reported together in a :class:`SanityCheckError` naming each check, the
+    All failures are reported together in a [`SanityCheckError`][fluxtrain.callbacks.SanityCheckError] naming each check, the
     exception it met and the shapes involved.  Missing validation data only warns.  The
     model's buffers (e.g. BatchNorm statistics), the torch random state and the training
     loader's state are restored afterwards, and no update is made: training runs as it would
@@ -86,7 +86,7 @@ class SanityCheck(Callback):
         self.run(learner)
 
     def run(self, learner: Any) -> None:
-        """Run the checks now; raise :class:`SanityCheckError` if any fails."""
+        """Run the checks now; raise [`SanityCheckError`][fluxtrain.callbacks.SanityCheckError] if any fails."""
         ctx: dict[str, Any] = {}
         checks: list[tuple[str, Callable[[Any, dict[str, Any]], None]]] = [
             ("training data yields (xs, ys) pairs", self._check_data),

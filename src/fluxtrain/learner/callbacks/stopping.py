@@ -1,6 +1,6 @@
 """``StopOnNaNLoss`` and ``EarlyStopping``: end fitting with a recorded reason.
 
-Both raise :class:`~fluxtrain.CancelFittingException`; :func:`~fluxtrain.fit_` then returns
+Both raise [`CancelFittingException`][fluxtrain.learner.CancelFittingException]; [`fit_`][fluxtrain.learner.fit_] then returns
 normally with the exception in ``learner.stop_reason`` (FluxTraining.jl issue #159).
 """
 
