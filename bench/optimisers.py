@@ -77,7 +77,11 @@ def layouts(scale: float) -> dict[str, Callable[[], nn.Module]]:
         width = max(16, int(256 * scale**0.5))
         layers: list[nn.Module] = []
         for _ in range(19):
-            layers += [nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.Linear(4 * width, width)]
+            layers += [
+                nn.LayerNorm(width),
+                nn.Linear(width, 4 * width),
+                nn.Linear(4 * width, width),
+            ]
         return nn.Sequential(*layers)
 
     def gpt2() -> nn.Module:

@@ -35,8 +35,8 @@ What ``load`` checks, before it changes anything:
 
 Only then are objects given as ``name=obj`` loaded (all or none), the tensors copied and the
 RNG states set, so a failed load leaves the model, the state and the RNGs as they were.  Every
-failure to read a checkpoint is a :class:`CheckpointError` (a missing file is its subclass
-:class:`CheckpointNotFoundError`, also a ``FileNotFoundError``).  The checksums detect damage
+failure to read a checkpoint is a ``CheckpointError`` (a missing file is its subclass
+``CheckpointNotFoundError``, also a ``FileNotFoundError``).  The checksums detect damage
 and edits; they are not a signature, so load checkpoints only from sources you trust to give
 you the right weights (nothing in a checkpoint can run code either way).
 """
@@ -114,7 +114,7 @@ class CheckpointError(ValueError):
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """There is no checkpoint at the path given to :func:`load`: a :class:`CheckpointError`
+    """There is no checkpoint at the path given to ``load``: a ``CheckpointError``
     that is also the ``FileNotFoundError`` Python code expects for a missing file.
 
     Example:
@@ -554,7 +554,7 @@ def _header_digest(metadata: Mapping[str, Any], index: Mapping[str, Any]) -> str
 def _legacy_header_digest(structure: str, index: Mapping[str, Any]) -> str:
     """The digest of files written before offsets were covered (``fluxtrain_sha256``): the
     structure plus each tensor's name, dtype and shape.  Such files are accepted only with the
-    canonical layout, which fixes the offsets from those (see :func:`_tensor_layout`)."""
+    canonical layout, which fixes the offsets from those (see ``_tensor_layout``)."""
     entries = sorted((k, v["dtype"], list(v["shape"])) for k, v in index.items())
     payload = json.dumps([structure, entries], separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -589,7 +589,7 @@ def _remove_stale_temporaries(directory: Path) -> None:
     """Delete the temporary files that saves killed on this machine left in ``directory``.
 
     Ours are named ``.<checkpoint name>.<host>.<pid>.<8 random characters>.tmp`` (see
-    :func:`_temp_prefix` and ``tempfile.mkstemp``); one is removed when its process is gone, so
+    ``_temp_prefix`` and ``tempfile.mkstemp``); one is removed when its process is gone, so
     a save still running in another process keeps its file.  Anything else is left alone.
     """
     pattern = re.compile(
@@ -725,7 +725,7 @@ def _read_into(f: Any, buf: memoryview, where: str) -> None:
 
 
 def _json(text: bytes | str, where: str, what: str) -> Any:
-    """``json.loads`` whose every failure is a :class:`CheckpointError`."""
+    """``json.loads`` whose every failure is a ``CheckpointError``."""
     try:
         return json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -742,7 +742,7 @@ _CODE_DTYPES = {code: dt for dt, code in _DTYPE_CODES.items()}
 def _tensor_layout(
     index: Mapping[str, Any], where: str
 ) -> dict[str, tuple[torch.dtype, list, int, int]]:
-    """Each tensor's dtype, shape and byte range, checked to be the layout :func:`_write_file`
+    """Each tensor's dtype, shape and byte range, checked to be the layout ``_write_file``
     writes: in name order, back to back from offset 0, each exactly its shape's size."""
     layout = {}
     offset = 0
@@ -776,9 +776,9 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Parse and verify a checkpoint file; return its structure JSON and its tensors.
 
     Sizes are checked against the file's length before anything is read, the header must be
-    byte for byte what :func:`_write_file` writes for its content, its SHA-256 must match
+    byte for byte what ``_write_file`` writes for its content, its SHA-256 must match
     (covering tensor names, dtypes, shapes and byte offsets), and the tensor bytes must match
-    their CRC-32.  Every failure is a :class:`CheckpointError`.
+    their CRC-32.  Every failure is a ``CheckpointError``.
     """
     where = str(path)
     f, size = _open_regular(path)
@@ -962,7 +962,7 @@ def load(
     changes (the file, its checksums, paths, shapes, dtypes, rules, state layouts, RNG states;
     see the module docs), so a failed load leaves model, state, objects and RNGs as they were.
     Every failure to read the checkpoint, or an object given as ``name=obj`` refusing its
-    state, is a :class:`CheckpointError`.  Nothing is unpickled.
+    state, is a ``CheckpointError``.  Nothing is unpickled.
 
     Example:
         >>> import torch, tempfile, os, fluxtrain as ft
@@ -1043,7 +1043,7 @@ def load(
 def _load_stateful(stateful: list[tuple[str, Any, Any]], r: _Reader) -> None:
     """``obj.load_state_dict(sd)`` for each ``(name, obj, sd)``, all or none: on a failure the
     objects already loaded are given back their previous ``state_dict()``.  An object refusing
-    its state is a :class:`CheckpointError` naming the extra (the object's own error chained)."""
+    its state is a ``CheckpointError`` naming the extra (the object's own error chained)."""
     done: list[tuple[Any, Any]] = []
     try:
         for name, obj, sd in stateful:

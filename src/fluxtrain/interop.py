@@ -1,6 +1,6 @@
 """fluxtrain's rules inside code that expects a ``torch.optim.Optimizer``.
 
-:class:`TorchOptimizer` is a real :class:`torch.optim.Optimizer` whose optimiser state is
+``TorchOptimizer`` is a real ``torch.optim.Optimizer`` whose optimiser state is
 fluxtrain's state tree (``.opt_state``): Hugging Face ``Trainer``, Lightning, ``accelerate`` and
 torch's LR schedulers drive it as they drive ``torch.optim.AdamW``, while ``ft.adjust_`` and
 ``ft.freeze_`` keep working on the tree.
@@ -224,7 +224,7 @@ def _flatten_state(state: Any) -> Any:
 
 
 def _restore_state(template: Any, saved: Any, where: str) -> Any:
-    """``saved`` (from :func:`_flatten_state`) in the structure, dtype and device of
+    """``saved`` (from ``_flatten_state``) in the structure, dtype and device of
     ``template`` (the rule's fresh state for the parameter)."""
     if isinstance(template, tuple):
         if not isinstance(saved, (list, tuple)) or len(saved) != len(template):
@@ -425,7 +425,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore rules, states, frozen flags and group keys from :meth:`state_dict`'s output.
+        """Restore rules, states, frozen flags and group keys from ``state_dict``'s output.
 
         The group dicts keep their identity and take the saved keys.  Raises ``ValueError``
         naming what does not fit (another model, another number of parameters, a state dict

@@ -17,7 +17,7 @@ the epoch, swallows a [`CancelEpochException`][fluxtrain.learner.CancelEpochExce
 ``learner.stop_reason``.
 
 A ``CancelStepException`` where no step runs, or a ``CancelEpochException`` where no epoch runs,
-is a ``RuntimeError`` saying where it may be raised (see :func:`misplaced_cancel`).
+is a ``RuntimeError`` saying where it may be raised (see ``misplaced_cancel``).
 
 One limit of Python's ``with``: a cancellation raised by a ``StepBegin``/``EpochBegin`` callback
 cannot skip the block from inside it, so it leaves the ``with`` statement; [`step_`][fluxtrain.learner.step_] and
@@ -45,9 +45,9 @@ _OUTSIDE_EPOCHS = (FitBegin, FitEnd)
 
 def misplaced_cancel(e: BaseException, where: str, event: Any = None) -> RuntimeError | None:
     """The error to raise instead of ``e`` when it cancels something that is not running:
-    a :class:`~fluxtrain.CancelStepException` outside any step (at ``EpochBegin``,
+    a ``CancelStepException`` outside any step (at ``EpochBegin``,
     ``EpochEnd``, ``FitBegin``, ``FitEnd`` or in epoch code outside ``runstep``), or a
-    :class:`~fluxtrain.CancelEpochException` outside any epoch (at ``FitBegin``/``FitEnd``).
+    ``CancelEpochException`` outside any epoch (at ``FitBegin``/``FitEnd``).
     ``None`` when ``e`` is where it may be.  ``where`` says who raised it and when.
 
     FluxTraining.jl catches each only around its step (``runstep``) or epoch (``runepoch``);

@@ -428,7 +428,7 @@ class Learner:
     def _finish_epoch(self, e: CancelFittingException) -> None:
         """Fitting was cancelled at an ``EpochEnd``: this epoch's work is done and the rest of
         its phases will not run, so it counts as a finished epoch (for the callbacks still to
-        see this ``EpochEnd``, such as ``Checkpointer``, and for :func:`fit_`)."""
+        see this ``EpochEnd``, such as ``Checkpointer``, and for ``fit_``)."""
         if self.progress is not None:
             self.progress.phases_done = self.progress.nphases
 

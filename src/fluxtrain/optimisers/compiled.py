@@ -16,10 +16,10 @@ like PyTorch's hand-written fused kernels.  This module compiles it:
   tensor, run as one call, and copied back (their bytes are a small share of real models).
 * Only groups of at least ``min_numel`` elements are compiled (compiling takes seconds, which
   small models would never win back); smaller groups, lower precisions, tensor subclasses and
-  rules outside :data:`COMPILABLE` use the eager paths of the engine.  If compiling fails
+  rules outside ``COMPILABLE`` use the eager paths of the engine.  If compiling fails
   (no C++ compiler, say), the engine warns once and stays eager for that kernel.
 
-Configure with :func:`configure`; ``FLUXTRAIN_COMPILE=0`` in the environment turns it off.
+Configure with ``configure``; ``FLUXTRAIN_COMPILE=0`` in the environment turns it off.
 """
 
 from __future__ import annotations

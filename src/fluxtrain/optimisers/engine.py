@@ -16,7 +16,7 @@ Design (see docs/engine.md for the measurements behind it):
      (``torch._fused_adam_`` for Adam and coupled AdamW, ``torch._fused_adagrad_``), run on the
      lists of the user's tensors as they are;
   2. the rule's own maths compiled by ``torch.compile`` into one single-pass kernel per call
-     (:mod:`fluxtrain.optimisers.compiled`), when it is enabled and the group is large enough
+     (``compiled``), when it is enabled and the group is large enough
      for compiling to pay;
   3. the rule's maths run eagerly once over the whole group: the parameters, gradients and
      state are gathered into flat scratch tensors (one ``torch.cat`` each), ``rule.apply`` runs
@@ -76,7 +76,7 @@ def atoms(state: Any) -> list[Any]:
 
 
 def fill(template: Any, parts: list[Any], pos: list[int] | None = None) -> Any:
-    """Inverse of :func:`atoms`: ``template``'s tuple structure holding ``parts``."""
+    """Inverse of ``atoms``: ``template``'s tuple structure holding ``parts``."""
     pos = [0] if pos is None else pos
     if isinstance(template, tuple):
         return tuple(fill(t, parts, pos) for t in template)
