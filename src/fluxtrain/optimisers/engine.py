@@ -372,18 +372,38 @@ def _keep_state(leaf: Any, new_state: Any) -> None:
     leaf.state = fill(new_state, parts)
 
 
+_scratch_pool: dict[tuple, torch.Tensor] = {}
+
+
+def gather(tensors: list[torch.Tensor], slot: Any) -> torch.Tensor:
+    """``torch.cat`` of the tensors, flattened, into a scratch buffer kept between steps.
+
+    Reusing the buffer matters: a fresh allocation of this size is new memory that the OS
+    must fault in page by page, which costs several times the copy itself.
+    """
+    t0 = tensors[0]
+    numel = sum(t.numel() for t in tensors)
+    key = (slot, t0.dtype, t0.device, numel)
+    buf = _scratch_pool.get(key)
+    if buf is None:
+        if len(_scratch_pool) > 64:
+            _scratch_pool.clear()
+        buf = _scratch_pool[key] = torch.empty(numel, dtype=t0.dtype, device=t0.device)
+    return torch.cat([t.reshape(-1) for t in tensors], out=buf)
+
+
 def _apply_gathered(g: Group) -> None:
     """The rule's maths once over the whole group, gathered into flat scratch tensors."""
     items = g.items
     numels = [w.x.numel() for w in items]
-    x = torch.cat([w.x.reshape(-1) for w in items])
-    dx = torch.cat([w.dx.reshape(-1) for w in items])
+    x = gather([w.x for w in items], "x")
+    dx = gather([w.dx for w in items], "dx")
     per_leaf = [atoms(w.leaf.state) for w in items]
     template = items[0].leaf.state
     parts = list(per_leaf[0])
     slots = [i for i, a in enumerate(parts) if isinstance(a, torch.Tensor)]
     for i in slots:
-        parts[i] = torch.cat([p[i].reshape(-1) for p in per_leaf])
+        parts[i] = gather([p[i] for p in per_leaf], i)
     token = segments.set(tuple(numels))
     try:
         new_state, upd = g.rule.apply(fill(template, parts), x, dx)

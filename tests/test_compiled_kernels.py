@@ -1,0 +1,153 @@
+"""The compiled kernels run each rule's own maths: same numbers as the per-tensor reference,
+no recompilation when hyperparameters change, and an eager fallback when compiling fails."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+import fluxtrain as ft
+from fluxtrain.optimisers import compiled, engine
+from fluxtrain.optimisers.state import _collect
+
+RULES = [
+    ft.Descent(0.1),
+    ft.Momentum(0.01, 0.9),
+    ft.Nesterov(0.01),
+    ft.RMSProp(0.01),
+    ft.RMSProp(0.01, centred=True),
+    ft.Rprop(0.01),
+    ft.AdaMax(0.01),
+    ft.OAdam(0.01),
+    ft.AdaDelta(),
+    ft.AMSGrad(0.01),
+    ft.NAdam(0.01),
+    ft.AdamW(0.01, lambd=0.1, couple=False),
+    ft.AdaBelief(0.01),
+    ft.Lion(0.01),
+    ft.OptimiserChain(ft.WeightDecay(0.1), ft.ClipGrad(0.5), ft.Momentum(0.01)),
+    ft.OptimiserChain(ft.SignDecay(0.01), ft.Descent(0.1)),
+    ft.Scheduler(ft.NAdam, ft.Exp(0.01, 0.9)),
+]
+
+
+@pytest.fixture
+def compile_everything():
+    """Compile every group, and give tensors of 64+ elements a kernel call of their own."""
+    before = compiled.configure()
+    compiled.configure(enabled=True, min_numel=1, big_numel=64)
+    yield
+    compiled.configure(**before)
+
+
+def model(dtype=torch.float64) -> dict:
+    g = torch.Generator().manual_seed(3)
+    # two tensors with their own kernel call (100 and 80 elements), two gathered (7, 5)
+    shapes = {"w": (10, 10), "v": (80,), "b": (7,), "c": (5, 1)}
+    return {k: torch.randn(s, generator=g, dtype=dtype) for k, s in shapes.items()}
+
+
+def grads(m: dict, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(t.shape, generator=g, dtype=t.dtype) for k, t in m.items()}
+
+
+def count_compiled_groups(monkeypatch) -> list[bool]:
+    ran: list[bool] = []
+    original = compiled.try_compiled
+
+    def spy(g):
+        ran.append(original(g))
+        return ran[-1]
+
+    monkeypatch.setattr(compiled, "try_compiled", spy)
+    return ran
+
+
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_compiled_kernels_equal_the_per_tensor_reference(rule, compile_everything, monkeypatch):
+    fast, ref = model(), model()
+    s_fast, s_ref = ft.setup(rule, fast), ft.setup(rule, ref)
+    ptrs = {k: t.data_ptr() for k, t in fast.items()}
+    ran = count_compiled_groups(monkeypatch)
+    for step in range(6):
+        g = grads(fast, step)
+        ft.update_(s_fast, fast, g)
+        engine.run_reference(_collect(s_ref, ref, g, use_dot_grad=False))
+    assert ran == [True] * 6  # every step went through the compiled kernel
+    for k in fast:
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-6, atol=1e-12)
+        assert fast[k].data_ptr() == ptrs[k]
+    for a, b in zip(ft.leaves(s_fast), ft.leaves(s_ref)):
+        for x, y in zip(engine.atoms(a.state), engine.atoms(b.state)):
+            if isinstance(x, torch.Tensor):
+                torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-12)
+            elif x is None:
+                assert y is None
+            else:
+                assert x == pytest.approx(y, rel=1e-12)
+
+
+def test_adjust_and_schedules_cause_no_recompilation(compile_everything):
+    m = model(torch.float32)
+    state = ft.setup(ft.OptimiserChain(ft.WeightDecay(1e-3), ft.NAdam(0.01)), m)
+    ft.update_(state, m, grads(m, 0))  # compiles (or reuses) the kernel
+    sched_model = model(torch.float32)
+    sched = ft.setup(ft.Scheduler(ft.Lion, eta=ft.Exp(1e-3, 0.5)), sched_model)
+    ft.update_(sched, sched_model, grads(sched_model, 0))
+    n = compiled.compile_count()
+    for step in range(1, 6):
+        ft.adjust_(state, eta=0.01 / step, beta=(0.8, 0.99 - step / 100))
+        ft.adjust_(state["w"], lambd=step * 1e-3)  # two groups now, same structure
+        ft.update_(state, m, grads(m, step))
+        ft.update_(sched, sched_model, grads(sched_model, step))
+    assert compiled.compile_count() == n
+    assert sched["w"].state[0] == 7
+
+
+def test_a_rule_that_fails_to_compile_warns_once_and_runs_eagerly(compile_everything, monkeypatch):
+    def broken(scalar_pos):
+        def kernel(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return kernel
+
+    monkeypatch.setattr(compiled, "_kernels", {})
+    monkeypatch.setattr(compiled, "_failed", set())
+    monkeypatch.setattr(compiled, "_make_kernel", broken)
+    fast, ref = model(), model()
+    rule = ft.AdaBelief(0.01)
+    s_fast, s_ref = ft.setup(rule, fast), ft.setup(rule, ref)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        ft.update_(s_fast, fast, grads(fast, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ft.update_(s_fast, fast, grads(fast, 1))
+    for step in range(2):
+        engine.run_reference(_collect(s_ref, ref, grads(ref, step), use_dot_grad=False))
+    for k in fast:
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-12, atol=0)
+
+
+def test_small_groups_are_not_compiled_by_default():
+    m = model()
+    n = compiled.compile_count()
+    state = ft.setup(ft.NAdam(), m)
+    ft.update_(state, m, grads(m, 0))
+    assert compiled.compile_count() == n
+    assert compiled.configure()["min_numel"] >= 1 << 16
+
+
+def test_the_kernel_for_float32_parameters_matches_the_eager_maths(compile_everything):
+    fast, ref = model(torch.float32), model(torch.float32)
+    rule = ft.NAdam(0.01)
+    s_fast, s_ref = ft.setup(rule, fast), ft.setup(copy.deepcopy(rule), ref)
+    for step in range(4):
+        g = grads(fast, step)
+        ft.update_(s_fast, fast, g)
+        engine.run_reference(_collect(s_ref, ref, g, use_dot_grad=False))
+    for k in fast:
+        torch.testing.assert_close(fast[k], ref[k], rtol=2e-6, atol=1e-7)
