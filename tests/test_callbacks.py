@@ -774,3 +774,22 @@ def test_checkpointer_keep_best_needs_the_metric_recorded(tmp_path):
         Checkpointer(tmp_path, keep_best=0)
     with pytest.raises(ValueError, match="mode must be"):
         Checkpointer(tmp_path, keep_best=1, mode="lowest")
+
+
+def test_stop_on_nan_loss_stops_before_applying_a_nan_gradient_of_a_finite_loss():
+    # |w x - y| written as sqrt((w x - y)^2): at w x == y the loss is 0 and its gradient NaN
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    data = [(torch.ones(1, 1), torch.ones(1, 1))]
+    learner = ft.Learner(
+        model,
+        lambda yp, y: torch.sqrt(((yp - y) ** 2).sum()),
+        callbacks=[ft.callbacks.StopOnNaNLoss()],
+        data=data,
+        optimizer=ft.Descent(0.1),
+        usedefaultcallbacks=False,
+    )
+    ft.fit_(learner, 2)
+    assert "weight" in learner.stop_reason.msg and "Inf or NaN" in learner.stop_reason.msg
+    assert float(model.weight) == 1.0  # never updated from the NaN gradient

@@ -372,3 +372,31 @@ def test_autocast_accepts_only_half_precision_dtypes():
             ft.setup(ft.Descent(), model),
             autocast=torch.float64,
         )
+
+
+@pytest.mark.parametrize("as_module", [True, False])
+def test_a_finite_loss_with_a_nan_gradient_stops_before_the_update_naming_item_and_path(
+    as_module,
+):
+    # |w - t| as sqrt((w - t)^2): item 1 moves w from 1 to 0.5 exactly; at item 2 (t = 0.5)
+    # the loss is 0, finite, and its gradient 0/0 is NaN -- the case.
+    if as_module:
+        model = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+        w = lambda m: m(torch.ones(1, 1)).sum()  # noqa: E731
+    else:
+        model = {"weight": torch.ones(1)}
+        w = lambda m: m["weight"].sum()  # noqa: E731
+    data = [torch.tensor(0.0), torch.tensor(0.5), torch.tensor(0.0)]
+    state = ft.setup(ft.Descent(0.5), model)
+    with pytest.raises(ArithmeticError, match=r"weight.*data item 2 \(index 1\)"):
+        ft.train_(lambda m, t: torch.sqrt((w(m) - t) ** 2), model, data, state)
+    assert float(next(iter(ft.trainables(model))).detach().sum()) == 0.5  # item 2 not applied
+
+
+def test_check_gradients_false_lets_a_nan_gradient_through():
+    model = {"w": torch.zeros(1)}
+    state = ft.setup(ft.Descent(0.1), model)
+    ft.train_(lambda m, x: torch.sqrt(m["w"]).sum(), model, [None], state, check_gradients=False)
+    assert not torch.isfinite(model["w"]).any()  # the infinite gradient went through

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import _losscall
 from .gradient import _split_output, withgradient
 from .mode import _DIFFERENTIATING
-from .optimisers.rules import Rule
+from .optimisers.rules import NonFiniteGradientError, Rule
 from .optimisers.state import setup, unwrap, update_
 from .tree import trainables
 
@@ -158,6 +158,7 @@ def train_(
     autocast: torch.dtype | None = None,
     scaler: Any = None,
     cb: Any = None,
+    check_gradients: bool = True,
 ) -> list[float]:
     """Train ``model`` for one pass over ``data`` (Flux's ``train!``); returns the losses.
 
@@ -167,6 +168,11 @@ def train_(
 
     - A ``nan``/``inf`` loss raises [`NonFiniteLossError`][fluxtrain.train.NonFiniteLossError] naming the value and the item,
       before any update from that item: the model keeps its values from the item before.
+    - A finite loss with an Inf or NaN in its gradient (``sqrt`` at 0, an overflow in
+      backward) raises ``NonFiniteGradientError`` naming the item and the parameter, again
+      before any update from that item.  This costs one reduction over the gradients per item
+      (and, on a GPU, one wait for it); ``check_gradients=False`` leaves it out.  With a
+      ``scaler`` the scaler handles such steps (it skips them).
     - A tqdm progress bar with the running mean loss appears when ``data`` has a length and
       stderr is a terminal; ``progress=True``/``False`` forces it on/off.
     - A rule (``ft.Adam()``) instead of ``ft.setup(rule, model)`` warns and sets up for this
@@ -214,10 +220,28 @@ def train_(
     bar = _Progress(data, progress, "train_")
     try:
         if isinstance(model, nn.Module):
-            return _train_module(loss, model, data, opt_state, bar, autocast, scaler)
-        return _train_tree(loss, model, data, opt_state, bar, autocast, scaler)
+            return _train_module(
+                loss, model, data, opt_state, bar, autocast, scaler, check_gradients
+            )
+        return _train_tree(loss, model, data, opt_state, bar, autocast, scaler, check_gradients)
     finally:
         bar.close()
+
+
+def _update_checked(
+    opt_state: Any, model: Any, grads: Any, check: bool, val: float, index: int
+) -> None:
+    try:
+        update_(opt_state, model, grads, check_finite=check)
+    except NonFiniteGradientError as e:
+        if e.path is None:
+            raise
+        raise NonFiniteGradientError(
+            f"the gradient at {e.path} contains Inf or NaN at data item {index + 1} (index "
+            f"{index}), though its loss {val} is finite; stopped before updating from this item "
+            f"(check_gradients=False skips this check)",
+            path=e.path,
+        ) from None
 
 
 def _train_tree(
@@ -228,6 +252,7 @@ def _train_tree(
     bar: _Progress,
     autocast: torch.dtype | None,
     scaler: Any = None,
+    check: bool = True,
 ) -> list[float]:
     """The loop as Flux writes it: ``withgradient`` then ``update_`` with the gradient tree."""
     losses: list[float] = []
@@ -252,7 +277,7 @@ def _train_tree(
                 _warn_no_gradient(i)
                 warned = True
         elif scaler is None:
-            update_(opt_state, model, grads[0])
+            _update_checked(opt_state, model, grads[0], check, val, i)
         else:
             scaler.step_(opt_state, model, grads[0])
         losses.append(val)
@@ -268,6 +293,7 @@ def _train_module(
     bar: _Progress,
     autocast: torch.dtype | None,
     scaler: Any = None,
+    check: bool = True,
 ) -> list[float]:
     """The same loop for a Module, with gradients going through ``.grad`` (no per-step walks).
 
@@ -310,7 +336,7 @@ def _train_module(
                         _warn_no_gradient(i)
                         warned = True
                     elif scaler is None:
-                        update_(opt_state, model)
+                        _update_checked(opt_state, model, None, check, val, i)
                     else:
                         scaler.step_(opt_state, model)
                     for p in params:

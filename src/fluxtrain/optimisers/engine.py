@@ -220,6 +220,33 @@ def _as_float(t: torch.Tensor) -> float:
     return float(full() if full is not None else t)
 
 
+def first_nonfinite(named: list[tuple[Any, torch.Tensor]]) -> Any:
+    """The name of the first tensor holding an Inf or NaN, or ``None``.
+
+    One multi-tensor max-abs reduction and one read of its result, however many tensors.
+    """
+    if not named:
+        return None
+    tensors = [t for _, t in named]
+    if all(type(t) is torch.Tensor for t in tensors) and len({t.device for t in tensors}) == 1:
+        peaks = torch._foreach_norm([t.detach() for t in tensors], math.inf)
+    else:
+        peaks = [torch.linalg.vector_norm(t.detach(), math.inf) for t in tensors]
+        peaks = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in peaks]
+    finite = torch.isfinite(torch.stack([p.double().cpu() for p in peaks]))
+    if bool(finite.all()):
+        return None
+    return named[int((~finite).nonzero()[0])][0]
+
+
+def _check_finite(items: list[Work]) -> None:
+    bad = first_nonfinite([(w.path, w.dx) for w in items])
+    if bad is not None:
+        raise NonFiniteGradientError(
+            f"gradient at {bad} contains Inf or NaN; nothing was updated", path=bad
+        )
+
+
 def _check_head_clips(items: list[Work]) -> None:
     by_clip: dict[ClipNorm, list[Work]] = defaultdict(list)
     for w in items:
@@ -466,8 +493,12 @@ def _snapshot(g: Group) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return pairs
 
 
-def step(items: list[Work]) -> None:
-    """Update the given leaves (gradients in ``.dx`` or ``.grads``), all checks first."""
+def step(items: list[Work], check_finite: bool = False) -> None:
+    """Update the given leaves (gradients in ``.dx`` or ``.grads``), all checks first.
+
+    With ``check_finite``, a gradient holding an Inf or NaN anywhere raises
+    ``NonFiniteGradientError`` (naming its path) before anything changes.
+    """
     items = [w for w in items if not w.leaf.frozen]
     if not items:
         return
@@ -479,6 +510,8 @@ def step(items: list[Work]) -> None:
                 for h in w.grads[1:]:
                     check_gradient(w, h)
                 w.dx = _gradient(w)
+        if check_finite:
+            _check_finite(items)
         _check_head_clips(items)
         _apply_global_clips(items)
         groups = group(items)

@@ -683,7 +683,14 @@ class ClipGrad(Rule):
 
 
 class NonFiniteGradientError(ArithmeticError):
-    """A gradient norm was infinite or NaN where a rule was asked to throw on that."""
+    """A gradient (or its norm) was infinite or NaN where that must stop the update.
+
+    ``path`` names the parameter when it is known.
+    """
+
+    def __init__(self, msg: str = "", path: Any = None) -> None:
+        super().__init__(msg)
+        self.path = path
 
 
 @_rule

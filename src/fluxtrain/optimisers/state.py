@@ -333,13 +333,21 @@ def _implicit_target(model: Any) -> bool:
     return hasattr(model, "_implicit_update")
 
 
-def update_(state: Any, model: Any, grads: Any = None) -> tuple[Any, Any]:
+def update_(
+    state: Any, model: Any, grads: Any = None, *, check_finite: bool = False
+) -> tuple[Any, Any]:
     """Update ``model``'s parameters in place from ``grads`` and the optimiser ``state``.
 
     ``grads`` is a gradient tree (``ft.gradient(...)[0]``), plain nested dicts/lists/tuples that
     mirror the model, a tensor for a bare-tensor model, or ``None`` to read each parameter's
     ``.grad`` (after ``loss.backward()``).  A ``None`` branch or a frozen Leaf is skipped with its
     state unchanged; tied parameters get the sum of their gradients.  Returns ``(state, model)``.
+
+    Everything is checked before the first parameter changes, and an error names the path:
+    a gradient tree that does not fit the model, sparse or integer gradients, a complex
+    gradient for a real parameter, a parameter resized since ``setup``, a throwing ClipNorm's
+    non-finite norm.  With ``check_finite=True`` any Inf or NaN in a gradient is refused too
+    (``NonFiniteGradientError``; one reduction over all gradients).
 
     Example:
         >>> import torch, fluxtrain as ft
@@ -362,7 +370,7 @@ def update_(state: Any, model: Any, grads: Any = None) -> tuple[Any, Any]:
             items = _dot_grad_items(state, model)
         else:
             items = _collect(state, model, grads, use_dot_grad=False)  # validates, mutates nothing
-        engine.step(items)
+        engine.step(items, check_finite=check_finite)
     return state, model
 
 

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 
 from ...checkpoint import _model_tensors
+from ...optimisers.engine import first_nonfinite
+from ...tree import trainables
 from ..callback import Callback
 from ..events import BackwardEnd, EpochEnd, Event, FitEnd, StepEnd
 from ..exceptions import CancelFittingException
@@ -23,25 +25,35 @@ __all__ = ["EarlyStopping", "StopOnNaNLoss"]
 
 
 class StopOnNaNLoss(Callback):
-    """Stops fitting when a training step's loss is NaN or infinite.
+    """Stops fitting when a training step's loss, or its gradient, is NaN or infinite.
 
     Checked at ``BackwardEnd``, so the parameters keep their last finite values (no update is
     made from that batch), and at ``StepEnd`` of training phases that fire no ``BackwardEnd``.
+    With ``gradients=True`` (the default) a finite loss whose gradient holds an Inf or NaN
+    (``sqrt`` at 0, an overflow in backward) stops fitting too, naming the parameter: one
+    reduction over the gradients per step.
 
     Example:
         >>> import torch, fluxtrain as ft
         >>> data = [(torch.ones(2, 1), torch.full((2, 1), float("nan")))]
         >>> learner = ft.Learner(torch.nn.Linear(1, 1), torch.nn.functional.mse_loss,
-        ...                      callbacks=[ft.callbacks.StopOnNaNLoss()], data=data)
+        ...                      callbacks=[ft.callbacks.StopOnNaNLoss()], data=data,
+        ...                      usedefaultcallbacks=False)
         >>> ft.fit_(learner, 3).stop_reason.msg
         'loss is nan at a step of TrainingPhase; stopped before updating the parameters'
     """
 
-    reads = ("step.loss",)
+    reads = ("step.loss", "step.grads")
     handles = (BackwardEnd, StepEnd)
 
-    def __init__(self) -> None:
+    def __init__(self, gradients: bool = True) -> None:
+        if not isinstance(gradients, bool):
+            raise TypeError(f"StopOnNaNLoss(gradients=...) must be a bool, got {gradients!r}")
+        self.gradients = gradients
         self._checked = False  # this step's loss was checked at BackwardEnd
+
+    def __repr__(self) -> str:
+        return "StopOnNaNLoss()" if self.gradients else "StopOnNaNLoss(gradients=False)"
 
     def on(self, event: Event, phase: Any, learner: Any) -> None:
         if isinstance(event, StepEnd):
@@ -54,6 +66,16 @@ class StopOnNaNLoss(Callback):
         if loss is None:
             return
         v = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+        if math.isfinite(v) and self.gradients and isinstance(event, BackwardEnd):
+            grads = learner.step.grads
+            if grads is not None:
+                bad = first_nonfinite(trainables(grads, path=True))
+                if bad is not None:
+                    raise CancelFittingException(
+                        f"the gradient at {bad} contains Inf or NaN at a step of "
+                        f"{phase_key(phase)} (its loss {v} is finite); stopped before updating "
+                        f"the parameters"
+                    )
         if not math.isfinite(v):
             when = (
                 "stopped before updating the parameters"
