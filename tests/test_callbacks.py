@@ -348,6 +348,31 @@ def test_tensorboard_logger_writes_scalars(tmp_path):
     assert values == pytest.approx(learner.cbstate.metrics_epoch[ft.TrainingPhase]["Loss"])
 
 
+def test_tensorboard_logger_writes_the_learning_rate_of_a_scheduled_rule(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rule = ft.Scheduler(ft.Descent, eta=ft.Exp(0.01, 0.5))  # 0.01, 0.005, ... per step
+    learner = coeff_learner(
+        Metrics(), TensorBoardLogger(tmp_path, steps=True), data=coeff_data(2), rule=rule
+    )
+    ft.fit_(learner, 2)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    per_step = [e.value for e in acc.Scalars("hyperparams/step/eta")]
+    per_epoch = [e.value for e in acc.Scalars("hyperparams/eta")]
+    batches = len(per_step) // 2
+    assert per_step == pytest.approx([0.01 * 0.5**k for k in range(2 * batches)])
+    assert per_epoch == pytest.approx([per_step[batches - 1], per_step[-1]])
+
+
+def test_learning_rates_names_each_part_when_rates_differ():
+    model = {"enc": torch.zeros(2), "dec": torch.zeros(2)}
+    state = ft.setup(ft.OptimiserChain(ft.ClipNorm(1.0), ft.Adam(0.01)), model)
+    assert ft.callbacks.learning_rates(state) == {"eta": 0.01}
+    ft.adjust_(state["dec"], 0.001)
+    assert ft.callbacks.learning_rates(state) == {"eta/enc": 0.01, "eta/dec": 0.001}
+
+
 def test_plot_metrics_writes_a_png(tmp_path):
     learner = coeff_learner(Metrics(), PlotMetrics(tmp_path / "curves.png"), data=coeff_data(2))
     ft.fit_(learner, 2)

@@ -36,6 +36,7 @@ from .learner.callbacks import TensorBoardLogger as TensorBoardLogger
 from .learner.callbacks import Throttle as Throttle
 from .learner.callbacks import ToDevice as ToDevice
 from .learner.callbacks import default_callbacks as default_callbacks
+from .learner.callbacks import learning_rates as learning_rates
 from .learner.callbacks import plot_metrics as plot_metrics
 
 # Everything here is reached as ft.callbacks.<name>; nothing is lifted to the top level.

@@ -4,7 +4,7 @@ from .checkpointer import Checkpointer
 from .custom import CustomCallback, Throttle
 from .device import ToDevice
 from .housekeeping import GarbageCollect
-from .logging import CSVLogger, JSONLinesLogger, TensorBoardLogger
+from .logging import CSVLogger, JSONLinesLogger, TensorBoardLogger, learning_rates
 from .metrics import Accuracy, Loss, Metric, MetricHistory, Metrics
 from .plotting import PlotMetrics, plot_metrics
 from .progress import MetricsPrinter, ProgressBar
@@ -38,6 +38,7 @@ __all__ = [
     "Throttle",
     "ToDevice",
     "default_callbacks",
+    "learning_rates",
     "plot_metrics",
 ]
 

@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from ... import distributed
+from ...optimisers.engine import rules_in
+from ...optimisers.state import Leaf
+from ...tree import children
 from ..callback import Callback
 from ..events import EpochEnd, Event, FitEnd, StepEnd
+from ..phases import AbstractTrainingPhase
 from ..state import phase_key
 
-__all__ = ["CSVLogger", "JSONLinesLogger", "TensorBoardLogger"]
+__all__ = ["CSVLogger", "JSONLinesLogger", "TensorBoardLogger", "learning_rates"]
 
 
 class _MetricsLogger(Callback):
@@ -117,10 +121,43 @@ class JSONLinesLogger(_MetricsLogger):
         return f"JSONLinesLogger({str(self.path)!r}, steps={self.steps})"
 
 
+def learning_rates(opt_state: Any) -> dict[str, float]:
+    """The learning rate (``eta``) each part of the model was last updated with.
+
+    ``{"eta": value}`` when every Leaf shares one rate, else one entry per rate,
+    ``"eta/<path of its first Leaf>"``.  A Scheduler rule gives the rate of its last step;
+    rules without an ``eta`` (AdaDelta) are left out.
+    """
+    found: dict[float, str] = {}
+    for path, leaf in _leaves_with_paths(opt_state):
+        rule = leaf.rule
+        if hasattr(rule, "rule_at") and isinstance(leaf.state, tuple):
+            rule = rule.rule_at(max(int(leaf.state[0]) - 1, 1))
+        eta = next((r.eta for r in rules_in(rule) if isinstance(getattr(r, "eta", None), float)),
+                   None)  # fmt: skip
+        if eta is not None and eta not in found:
+            found[eta] = path
+    if len(found) == 1:
+        return {"eta": next(iter(found))}
+    return {f"eta/{path}": eta for eta, path in found.items()}
+
+
+def _leaves_with_paths(tree: Any, path: str = "") -> list[tuple[str, Any]]:
+    if isinstance(tree, Leaf):
+        return [(path or "<root>", tree)]
+    ch = children(tree) if tree is not None else None
+    out: list[tuple[str, Any]] = []
+    for k, v in (ch or {}).items():
+        out += _leaves_with_paths(v, f"{path}.{k}" if path else str(k))
+    return out
+
+
 class TensorBoardLogger(_MetricsLogger):
     """Writes scalars ``<phase>/<metric>`` per epoch (and ``<phase>/step/<metric>`` per step
     with ``steps=True``) with ``torch.utils.tensorboard`` (needs the ``tensorboard`` package,
-    imported on first use).
+    imported on first use), and the learning rate in use after each training epoch (or step)
+    as ``hyperparams/eta`` (``hyperparams/eta/<path>`` when parts of the model differ; see
+    ``learning_rates``).
 
     Example:
         >>> from fluxtrain.callbacks import TensorBoardLogger
@@ -128,10 +165,29 @@ class TensorBoardLogger(_MetricsLogger):
         TensorBoardLogger('runs/tb')
     """
 
+    reads = ("cbstate.metrics_epoch", "cbstate.metrics_step", "opt_state")
+
     def __init__(self, logdir: str | os.PathLike[str], steps: bool = False) -> None:
         super().__init__(steps)
         self.logdir = Path(logdir)
         self._writer: Any = None
+
+    def on(self, event: Event, phase: Any, learner: Any) -> None:
+        super().on(event, phase, learner)
+        training = isinstance(phase, AbstractTrainingPhase)
+        if not training or not distributed.is_main_process() or learner.opt_state is None:
+            return
+        if isinstance(event, EpochEnd) or (isinstance(event, StepEnd) and self.steps):
+            kind = "step" if isinstance(event, StepEnd) else "epoch"
+            x = learner.cbstate.metrics_step.get(phase) if kind == "step" else None
+            index = x.steps(x.names()[0])[-1] if x is not None and x.names() else None
+            if index is None:
+                hist = learner.cbstate.metrics_epoch.get(phase)
+                index = hist.steps(hist.names()[0])[-1] if hist and hist.names() else 0
+            w = self._get_writer()
+            prefix = "hyperparams/step/" if kind == "step" else "hyperparams/"
+            for name, v in learning_rates(learner.opt_state).items():
+                w.add_scalar(prefix + name, v, global_step=index)
 
     def _get_writer(self) -> Any:
         if self._writer is None:
