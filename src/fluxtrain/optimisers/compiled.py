@@ -51,6 +51,7 @@ class _Settings:
     enabled: bool = os.environ.get("FLUXTRAIN_COMPILE", "1") not in ("0", "false", "False")
     min_numel: int = 1 << 20
     big_numel: int = 1 << 15
+    chunk: int = 8
 
 
 settings = _Settings()
@@ -63,12 +64,16 @@ HYPER_DTYPE = torch.float64
 
 
 def configure(
-    enabled: bool | None = None, min_numel: int | None = None, big_numel: int | None = None
+    enabled: bool | None = None,
+    min_numel: int | None = None,
+    big_numel: int | None = None,
+    chunk: int | None = None,
 ) -> dict[str, Any]:
     """Set when the engine compiles a rule's maths; returns the settings now in force.
 
     ``enabled=False`` keeps every update eager; ``min_numel`` is the smallest group (in elements)
-    that is compiled; ``big_numel`` the smallest parameter that gets a kernel call of its own.
+    that is compiled; ``big_numel`` the smallest parameter that is updated where it lies (the
+    smaller ones are gathered); ``chunk`` how many parameters one kernel call takes.
 
     Example:
         >>> import fluxtrain as ft
@@ -81,6 +86,8 @@ def configure(
         settings.min_numel = int(min_numel)
     if big_numel is not None:
         settings.big_numel = max(2, int(big_numel))
+    if chunk is not None:
+        settings.chunk = max(1, int(chunk))
     return dataclasses.asdict(settings)
 
 
@@ -150,11 +157,15 @@ def _from_tensor(t: Any, like: Any) -> Any:
 def _make_kernel(scalar_pos: tuple[int, ...]) -> Any:
     from .engine import atoms
 
-    def kernel(rule: Rule, state: Any, x: torch.Tensor, dx: torch.Tensor) -> list[Any]:
-        new_state, update = rule.apply(state, x, dx)
-        x.sub_(update)
-        parts = atoms(new_state)
-        return [parts[i] for i in scalar_pos]
+    def kernel(rule: Rule, states: list, xs: list, dxs: list) -> list[Any]:
+        outs: list[Any] = []
+        for state, x, dx in zip(states, xs, dxs):
+            new_state, update = rule.apply(state, x, dx)
+            x.sub_(update)
+            if not outs:
+                parts = atoms(new_state)
+                outs = [parts[i] for i in scalar_pos]  # the same for every entry
+        return outs
 
     # Each kernel gets its own code object: torch.compile caches (and limits recompiles) per
     # code object, and every structure is its own kernel.
@@ -168,9 +179,21 @@ def _make_kernel(scalar_pos: tuple[int, ...]) -> Any:
         from torch._inductor.compile_fx import compile_fx
 
         _compiles[0] += 1
-        return compile_fx(gm, example_inputs)
+        # One C++ function per parameter: fused horizontally into one function, the loops of
+        # a chunk grow too large for the C++ compiler to inline the vector operations, and run
+        # several times slower (measured: 8 NAdam loops in one function took 7x longer).
+        with torch._inductor.config.patch({"cpp.max_horizontal_fusion_size": 1}):
+            return compile_fx(gm, example_inputs)
 
-    return torch.compile(fresh, backend=count_and_compile, dynamic=True, fullgraph=True)
+    compiled_kernel = torch.compile(fresh, backend=count_and_compile, dynamic=True, fullgraph=True)
+
+    def run(*args: Any) -> Any:
+        # Each entry's length is its own symbol: without this, entries of equal length at the
+        # first call would share one and every other mix of lengths would recompile.
+        with torch.fx.experimental._config.patch(use_duck_shape=False):
+            return compiled_kernel(*args)
+
+    return run
 
 
 def _kernel_for(key: tuple, scalar_pos: tuple[int, ...]) -> Any:
@@ -224,9 +247,9 @@ def try_compiled(g: Any) -> bool:
     hyper = _as_tensors(rule)
     scalars = {i: _scalar_tensor(template[i]) for i in scalar_pos if template[i] is not None}
 
-    def call(state_parts: list[Any], x: torch.Tensor, dx: torch.Tensor) -> list[Any]:
+    def with_scalars(state_parts: list[Any]) -> Any:
         parts = [scalars.get(i, a) if i in scalar_pos else a for i, a in enumerate(state_parts)]
-        return kernel(hyper, fill(leaf_state, parts), x, dx)
+        return fill(leaf_state, parts)
 
     def inner(w: Any) -> Any:
         return w.leaf.state[1] if scheduled else w.leaf.state
@@ -235,14 +258,23 @@ def try_compiled(g: Any) -> bool:
     small = [w for w in items if w.x.numel() < settings.big_numel]
     if sum(w.x.numel() for w in small) < 2:
         big, small = items, []  # a lone tiny tensor would make dynamic shapes specialise
+    entries = [
+        ([_flat(a) if isinstance(a, torch.Tensor) else a for a in atoms(inner(w))],
+         _flat(w.x), _flat(w.dx))
+        for w in big
+    ]  # fmt: skip
+    scatter = _gather_small(small, inner, entries) if small else None
+    k = settings.chunk
+    pad = _padding(template, x0, k - (len(entries) % k or k))
+    entries += pad
     outs = None
-    first = True
-    for w in big:
-        parts = [_flat(a) if isinstance(a, torch.Tensor) else a for a in atoms(inner(w))]
+    for start in range(0, len(entries), k):
+        chunk = entries[start : start + k]
         try:
-            got = call(parts, _flat(w.x), _flat(w.dx))
+            got = kernel(hyper, [with_scalars(e[0]) for e in chunk], [e[1] for e in chunk],
+                         [e[2] for e in chunk])  # fmt: skip
         except Exception as e:
-            if not first:
+            if start:
                 raise
             _failed.add(key)
             warnings.warn(
@@ -252,11 +284,9 @@ def try_compiled(g: Any) -> bool:
                 stacklevel=4,
             )
             return False
-        first = False
         outs = got if outs is None else outs
-    if small:
-        outs_small = _run_gathered(small, inner, call)
-        outs = outs_small if outs is None else outs
+    if scatter is not None:
+        torch._foreach_copy_(*scatter)
     new_scalars = {i: _from_tensor(v, template[i]) for i, v in zip(scalar_pos, outs)}
     for w in items:
         parts = list(atoms(inner(w)))
@@ -267,7 +297,9 @@ def try_compiled(g: Any) -> bool:
     return True
 
 
-def _run_gathered(items: list[Any], inner: Any, call: Any) -> list[Any]:
+def _gather_small(items: list[Any], inner: Any, entries: list) -> tuple[list, list]:
+    """Add one entry holding the small tensors gathered flat; return the copies that put the
+    results back (outputs, inputs) for ``torch._foreach_copy_``."""
     from .engine import atoms, gather
 
     per_leaf = [atoms(inner(w)) for w in items]
@@ -277,12 +309,33 @@ def _run_gathered(items: list[Any], inner: Any, call: Any) -> list[Any]:
         parts[i] = gather([p[i] for p in per_leaf], i)
     x = gather([w.x for w in items], "x")
     dx = gather([w.dx for w in items], "dx")
-    got = call(parts, x, dx)
+    entries.append((parts, x, dx))
     sizes = [w.x.numel() for w in items]
     outs = [w.x for w in items]
     ins = [v.view(w.x.shape) for v, w in zip(x.split(sizes), items)]
     for i in slots:
         outs += [p[i] for p in per_leaf]
         ins += [v.view(p[i].shape) for v, p in zip(parts[i].split(sizes), per_leaf)]
-    torch._foreach_copy_(outs, ins)
-    return got
+    return outs, ins
+
+
+_pads: dict[tuple, list] = {}
+
+
+def _padding(template: list[Any], like: torch.Tensor, n: int) -> list:
+    """``n`` throwaway entries of two elements that fill the last chunk (one compiled kernel
+    serves every number of parameters); their values are never read."""
+    if n == 0:
+        return []
+    key = (like.dtype, like.device, tuple(isinstance(a, torch.Tensor) for a in template), n)
+    pad = _pads.get(key)
+    if pad is None:
+
+        def two() -> torch.Tensor:
+            return torch.zeros(2, dtype=like.dtype, device=like.device)
+
+        pad = _pads[key] = [
+            ([two() if isinstance(a, torch.Tensor) else a for a in template], two(), two())
+            for _ in range(n)
+        ]
+    return pad
