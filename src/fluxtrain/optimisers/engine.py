@@ -227,15 +227,19 @@ def first_nonfinite(named: list[tuple[Any, torch.Tensor]]) -> Any:
     """
     if not named:
         return None
-    tensors = [t for _, t in named]
-    if all(type(t) is torch.Tensor for t in tensors) and len({t.device for t in tensors}) == 1:
-        peaks = torch._foreach_norm([t.detach() for t in tensors], math.inf)
+    tensors = [t.detach() for _, t in named]
+    plain = all(type(t) is torch.Tensor for t in tensors)
+    if plain and len({(t.device, t.dtype) for t in tensors}) == 1:
+        peaks = torch.stack(torch._foreach_norm(tensors, math.inf))
+        if bool(torch.isfinite(peaks).all()):
+            return None  # the common case: one reduction, one read
+        finite = torch.isfinite(peaks).cpu()
     else:
-        peaks = [torch.linalg.vector_norm(t.detach(), math.inf) for t in tensors]
-        peaks = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in peaks]
-    finite = torch.isfinite(torch.stack([p.double().cpu() for p in peaks]))
-    if bool(finite.all()):
-        return None
+        norms = [torch.linalg.vector_norm(t, math.inf) for t in tensors]
+        norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]
+        finite = torch.isfinite(torch.stack([n.double().cpu() for n in norms]))
+        if bool(finite.all()):
+            return None
     return named[int((~finite).nonzero()[0])][0]
 
 
@@ -247,12 +251,22 @@ def _check_finite(items: list[Work]) -> None:
         )
 
 
-def _check_head_clips(items: list[Work]) -> None:
-    by_clip: dict[ClipNorm, list[Work]] = defaultdict(list)
+def _by_rule_property(items: list[Work], prop: Any) -> dict[Any, list[Work]]:
+    """Items grouped by ``prop(rule)`` (skipping ``None``), computed once per rule object."""
+    seen: dict[int, Any] = {}
+    out: dict[Any, list[Work]] = defaultdict(list)
     for w in items:
-        clip = _head_clip(w.leaf.rule)
-        if clip is not None:
-            by_clip[clip].append(w)
+        rule = w.leaf.rule
+        key = seen.get(id(rule), seen)
+        if key is seen:
+            key = seen[id(rule)] = prop(rule)
+        if key is not None:
+            out[key].append(w)
+    return out
+
+
+def _check_head_clips(items: list[Work]) -> None:
+    by_clip = _by_rule_property(items, _head_clip)
     for clip, ws in by_clip.items():
         norms = _norms([w.dx for w in ws], clip.p)
         finite = torch.isfinite(torch.stack([n.double() for n in norms]))
@@ -268,11 +282,7 @@ def _check_head_clips(items: list[Work]) -> None:
 def _apply_global_clips(items: list[Work]) -> None:
     """Scale the gradients of leaves whose rules start with the same global ClipNorm by one
     factor from the norm of all of them (new tensors: the user's gradients never change)."""
-    by_clip: dict[ClipNorm, list[Work]] = defaultdict(list)
-    for w in items:
-        clip = _global_clip(w.leaf.rule)
-        if clip is not None:
-            by_clip[clip].append(w)
+    by_clip = _by_rule_property(items, _global_clip)
     factors = []
     for clip, ws in by_clip.items():
         norms = [_as_float(n) for n in _norms([w.dx for w in ws], clip.p)]
