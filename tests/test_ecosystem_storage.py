@@ -11,17 +11,9 @@ import accelerate
 import pytest
 import safetensors.torch as safetensors_torch
 import torch
-import transformers
 
 import fluxtrain as ft
-
-
-def tiny_gpt2():
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, tie_word_embeddings=True
-    )
-    return transformers.GPT2LMHeadModel(config)
+from _tiny_models import tiny_gpt2
 
 
 def train_a_little(model, rule, steps=2):
@@ -51,7 +43,9 @@ def test_safetensors_save_model_works_after_training_and_reloads_every_tensor(tm
     assert model.transformer.wte.weight is model.lm_head.weight
 
 
-def test_accelerate_save_model_and_state_keep_and_restore_every_tensor(tmp_path):
+def test_accelerate_save_model_and_state_keep_and_restore_every_tensor(
+    tmp_path, fresh_accelerate_state
+):
     model = tiny_gpt2()
     acc = accelerate.Accelerator(cpu=True, project_dir=str(tmp_path))
     model = acc.prepare(model)

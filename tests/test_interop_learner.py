@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fluxtrain as ft
+from _tiny_models import tiny_bert
 from fluxtrain.callbacks import Accuracy, Metrics
-
-os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def _tiny_bert(seed: int = 0):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=32,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=2,
-        hidden_dropout_prob=0.0,  # deterministic, so the hand loop can replay the run
-        attention_probs_dropout_prob=0.0,
-    )
-    return BertForSequenceClassification(config)
+    return tiny_bert(seed, dropout=0.0)  # deterministic: the hand loop replays the run
 
 
 def _tokens(n: int, seed: int) -> dict[str, torch.Tensor]:

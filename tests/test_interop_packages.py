@@ -6,43 +6,16 @@ Tiny models built from configs, on the CPU, nothing downloaded.
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
 
 import fluxtrain as ft
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps process-wide singletons; each test starts and ends without them."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+from _tiny_models import tiny_bert
 
 
 def _tiny_bert(seed: int = 0):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=32,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
-    return BertForSequenceClassification(config)
+    return tiny_bert(seed)
 
 
 class _Tokens(torch.utils.data.Dataset):
