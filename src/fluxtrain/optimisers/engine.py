@@ -215,9 +215,15 @@ def _norms(dxs: list[torch.Tensor], p: float) -> list[torch.Tensor]:
     return [torch.linalg.vector_norm(d, p) for d in dxs]
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: a DTensor (the norm of a sharded gradient is partial on each rank) is
+    reduced over the ranks with ``full_tensor()``, so checks see the whole array's value."""
+    full = getattr(t, "full_tensor", None)
+    return full() if full is not None else t
+
+
 def _as_float(t: torch.Tensor) -> float:
-    full = getattr(t, "full_tensor", None)  # a DTensor norm: reduce over the shards
-    return float(full() if full is not None else t)
+    return float(_full(t))
 
 
 def _check_head_clips(items: list[Work]) -> None:
@@ -227,7 +233,7 @@ def _check_head_clips(items: list[Work]) -> None:
         if clip is not None:
             by_clip[clip].append(w)
     for clip, ws in by_clip.items():
-        norms = _norms([w.dx for w in ws], clip.p)
+        norms = [_full(n) for n in _norms([w.dx for w in ws], clip.p)]
         finite = torch.isfinite(torch.stack([n.double() for n in norms]))
         if not bool(finite.all()):
             bad = ws[int((~finite).nonzero()[0])]
@@ -274,9 +280,17 @@ class Group:
         return [str(w.path) for w in self.items]
 
 
+def _dense(t: torch.Tensor) -> bool:
+    """A plain dense tensor (or a Parameter of one).  FSDP2's parameters are
+    ``nn.Parameter``\ s of a ``DTensor``: ``isinstance(p, nn.Parameter)`` is true for them, so
+    the check is on the data's own type."""
+    if isinstance(t, torch.nn.Parameter):
+        t = t.data
+    return type(t) is torch.Tensor
+
+
 def _group_key(w: Work) -> tuple:
-    dense = type(w.x) is torch.Tensor or isinstance(w.x, torch.nn.Parameter)
-    kind = "dense" if dense else id(w)  # subclasses (DTensor...) go one leaf at a time
+    kind = "dense" if _dense(w.x) else id(w)  # subclasses (DTensor...) go one leaf at a time
     return (w.leaf.rule, w.x.dtype, w.x.device, kind, _scalars(w.leaf.state))
 
 
@@ -418,6 +432,10 @@ def _pieces(flat: torch.Tensor, items: list[Work]) -> list[torch.Tensor]:
 
 
 def _run_group(g: Group) -> None:
+    if not all(_dense(w.x) and _dense(w.dx) for w in g.items):
+        for w in g.items:  # DTensors: the rule's torch ops, which DTensor implements
+            _run_single(w)
+        return
     if _try_fused(g):
         return
     from . import compiled

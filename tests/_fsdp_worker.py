@@ -1,0 +1,175 @@
+"""What the FSDP2 tests run in each of 2 processes (gloo on CPU), and the same problems run in
+one unsharded process as the reference (not a test itself).
+
+Every problem is small and in float64, so that 2 sharded ranks and 1 plain process agree to far
+better than the 1e-5 the tests ask for.  Rank 0 gathers the full parameters and optimiser state
+(``DTensor.full_tensor()``) and writes them with ``safetensors`` for the test to compare.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import torch
+
+import fluxtrain as ft
+from fluxtrain.optimisers.engine import atoms
+from fluxtrain.optimisers.state import leaves, unwrap
+
+BATCH = 4  # rows per rank; the reference takes both ranks' rows at once
+STEPS = 4
+
+
+def rule_configs() -> dict[str, ft.Rule]:
+    """Every rule of ``ft.optimisers.rules.__all__`` (gradient transforms inside a chain)."""
+    return {
+        "Descent": ft.Descent(0.1),
+        "Momentum": ft.Momentum(0.01, 0.9),
+        "Nesterov": ft.Nesterov(0.01),
+        "RMSProp": ft.RMSProp(0.01, centred=True),
+        "Rprop": ft.Rprop(0.01),
+        "Adam": ft.Adam(0.01),
+        "RAdam": ft.RAdam(0.01),
+        "AdaMax": ft.AdaMax(0.01),
+        "OAdam": ft.OAdam(0.01),
+        "AdaGrad": ft.AdaGrad(0.1),
+        "AdaDelta": ft.AdaDelta(),
+        "AMSGrad": ft.AMSGrad(0.01),
+        "NAdam": ft.NAdam(0.01),
+        "AdamW": ft.AdamW(0.01, lambd=0.1),
+        "AdaBelief": ft.AdaBelief(0.01),
+        "Lion": ft.Lion(0.001),
+        "WeightDecay": ft.OptimiserChain(ft.WeightDecay(0.1), ft.Descent(0.1)),
+        "SignDecay": ft.OptimiserChain(ft.SignDecay(0.01), ft.Descent(0.1)),
+        "ClipGrad": ft.OptimiserChain(ft.ClipGrad(0.05), ft.Descent(0.1)),
+        "ClipNorm": ft.OptimiserChain(ft.ClipNorm(0.3), ft.Descent(0.1)),
+        "ClipNorm_AdamW": ft.OptimiserChain(ft.ClipNorm(1.0), ft.AdamW(0.01, lambd=0.1)),
+        "ClipNorm_global": ft.OptimiserChain(ft.ClipNorm(0.3, scope="global"), ft.Momentum(0.05)),
+        "AccumGrad": ft.OptimiserChain(ft.AccumGrad(2), ft.Adam(0.01)),
+        "Scheduler": ft.Scheduler(ft.Momentum, eta=ft.Exp(0.1, 0.5)),
+    }
+
+
+def model() -> torch.nn.Sequential:
+    """The same initial model everywhere; 3 outputs so that the last layer shards unevenly."""
+    torch.manual_seed(1)
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    ).double()
+
+
+def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both ranks' rows of one step: rank r takes rows ``r*BATCH:(r+1)*BATCH``."""
+    g = torch.Generator().manual_seed(100 + step)
+    x = torch.randn(2 * BATCH, 6, generator=g, dtype=torch.float64)
+    y = torch.randn(2 * BATCH, 3, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def lossfn(m: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((m(x) - y) ** 2).mean()
+
+
+def shard(m: torch.nn.Module, which: str = "all") -> torch.nn.Module:
+    """``fully_shard`` each Linear and the root (``which="first"``: only the first Linear)."""
+    from torch.distributed.fsdp import fully_shard
+
+    if which == "first":
+        fully_shard(m[0])
+        return m
+    fully_shard(m[0])
+    fully_shard(m[2])
+    fully_shard(m)
+    return m
+
+
+def train_rule(m: Any, rule: ft.Rule, rank: int | None, between: Any = None) -> Any:
+    """STEPS steps: even steps through ``.grad``, odd ones with a gradient tree.
+
+    ``rank=None`` is the reference (all rows); ``between(st, step)`` runs after each step.
+    """
+    st = ft.setup(rule, m)
+    for step in range(STEPS):
+        x, y = data(step)
+        if rank is not None:
+            x, y = x[rank * BATCH : (rank + 1) * BATCH], y[rank * BATCH : (rank + 1) * BATCH]
+        if step % 2 == 0:
+            lossfn(m, x, y).backward()
+            ft.update_(st, m)
+            for p in m.parameters():
+                p.grad = None
+        else:
+            ft.update_(st, m, ft.gradient(lossfn, m, x, y)[0])
+        if between is not None:
+            between(st, step)
+    return st
+
+
+def adjust_freeze(st: Any, step: int) -> None:
+    """Change one sub-model's learning rate, freeze another, thaw it, reset one (as a user)."""
+    if step == 0:
+        ft.adjust_(st[0], 0.05)
+        ft.freeze_(st[2])
+    elif step == 1:
+        ft.thaw_(st[2])
+        ft.reset_(st[0])
+
+
+def full(t: Any) -> Any:
+    f = getattr(t, "full_tensor", None)
+    return f() if f is not None else t
+
+
+def snapshot(prefix: str, m: Any, st: Any, out: dict[str, torch.Tensor]) -> None:
+    """Full parameters and full state tensors (and counters as tensors) under ``prefix``."""
+    for name, p in unwrap(m).named_parameters():
+        out[f"{prefix}/param/{name}"] = full(p.detach()).clone()
+    for i, leaf in enumerate(leaves(st)):
+        for j, a in enumerate(atoms(leaf.state)):
+            if isinstance(a, torch.Tensor):
+                out[f"{prefix}/state/{i}/{j}"] = full(a).clone()
+            elif isinstance(a, (int, float)):
+                out[f"{prefix}/state/{i}/{j}"] = torch.tensor(float(a), dtype=torch.float64)
+
+
+def run_rules(rank: int | None) -> dict[str, torch.Tensor]:
+    """Every rule, the adjust_/freeze_ problem and the partly sharded model."""
+    out: dict[str, torch.Tensor] = {}
+    for name, rule in rule_configs().items():
+        m = model() if rank is None else shard(model())
+        st = train_rule(m, rule, rank)
+        snapshot(name, m, st, out)
+    m = model() if rank is None else shard(model())
+    st = train_rule(m, ft.Adam(0.01), rank, between=adjust_freeze)
+    snapshot("adjust_freeze", m, st, out)
+    # Only the first layer sharded; the rest plain (so both ranks must see the same rows).
+    m = model() if rank is None else shard(model(), "first")
+    st = train_rule(m, ft.OptimiserChain(ft.ClipNorm(0.3), ft.Adam(0.01)), None)
+    snapshot("partly_sharded", m, st, out)
+    return out
+
+
+def rank_main(task: str, rank: int, world: int, port: int, out: str) -> None:
+    """Entry point of one rank started by multiprocessing."""
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    try:
+        ft.init_distributed(timeout=60, heartbeat_timeout=30)
+        if task == "rules":
+            result = run_rules(rank)
+            if rank == 0:
+                from safetensors.torch import save_file
+
+                save_file(result, out)
+        else:
+            getattr(sys.modules[__name__], task)(rank, world, out)
+        ft.shutdown_distributed()
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        os._exit(1)
+    os._exit(0)
