@@ -173,3 +173,93 @@ def rank_main(task: str, rank: int, world: int, port: int, out: str) -> None:
         sys.excepthook(*sys.exc_info())
         os._exit(1)
     os._exit(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded checkpoints, resume, Learner
+
+
+def dropout_model() -> torch.nn.Sequential:
+    """With Dropout, so that a resumed run equals the uninterrupted one only if each rank's
+    RNG state is restored too."""
+    torch.manual_seed(2)
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 8), torch.nn.Dropout(0.3), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    ).double()
+
+
+def resume_rule() -> ft.Rule:
+    return ft.OptimiserChain(ft.ClipNorm(1.0), ft.Scheduler(ft.Adam, eta=ft.Exp(0.01, 0.9)))
+
+
+def shard_dropout(m: torch.nn.Module) -> torch.nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(m[0])
+    fully_shard(m[3])
+    fully_shard(m)
+    return m
+
+
+def rank_data(rank: int | None, steps: range) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for step in steps:
+        x, y = data(step)
+        if rank is not None:
+            x, y = x[rank * BATCH : (rank + 1) * BATCH], y[rank * BATCH : (rank + 1) * BATCH]
+        out.append((x, y))
+    return out
+
+
+def learner(m: Any, rank: int, folder: str) -> Any:
+    from fluxtrain.callbacks import Checkpointer
+
+    batches = rank_data(rank, range(3))
+    return ft.Learner(
+        m, torch.nn.functional.mse_loss, resume_rule(),
+        callbacks=[Checkpointer(folder, keep=2)], data=(batches, None),
+        usedefaultcallbacks=False,
+    )  # fmt: skip
+
+
+def checkpoints(rank: int, world: int, out: str) -> None:
+    """Sharded save/load on 2 ranks; results for the 1-process checks of the test in ``out``."""
+    from safetensors.torch import save_file
+
+    result: dict[str, torch.Tensor] = {}
+    # train_ 2 steps, save (every rank writes its shards), 2 more: the uninterrupted run.
+    torch.manual_seed(10 + rank)  # each rank its own dropout masks
+    m = shard_dropout(dropout_model())
+    st = ft.setup(resume_rule(), m)
+    ft.train_(lossfn, m, rank_data(rank, range(2)), st)
+    ft.save(f"{out}/two_ranks", model=m, opt_state=st, step=2)
+    snapshot("saved", m, st, result)
+    ft.train_(lossfn, m, rank_data(rank, range(2, 4)), st)
+    snapshot("uninterrupted", m, st, result)
+    # Resume: a fresh model and state, loaded from the checkpoint, the same 2 more steps.
+    torch.manual_seed(99)  # the checkpoint's RNG states must override this
+    m2 = shard_dropout(dropout_model())
+    st2 = ft.setup(ft.Descent(), m2)
+    extras = ft.load(f"{out}/two_ranks", model=m2, opt_state=st2)
+    assert extras == {"step": 2}, extras
+    ft.train_(lossfn, m2, rank_data(rank, range(2, 4)), st2)
+    snapshot("resumed", m2, st2, result)
+    # A checkpoint the test wrote in one process, loaded on 2 ranks (resharded).
+    m3 = shard_dropout(dropout_model())
+    st3 = ft.setup(ft.Descent(), m3)
+    ft.load(f"{out}/one_rank", model=m3, opt_state=st3)
+    snapshot("one_to_two", m3, st3, result)
+    # The Learner: Checkpointer under FSDP2, then fit_(..., resume=) of a fresh learner.
+    torch.manual_seed(20 + rank)
+    full_run = learner(shard_dropout(dropout_model()), rank, f"{out}/learner_full")
+    ft.fit_(full_run, 3)
+    snapshot("learner_uninterrupted", full_run.model, full_run.opt_state, result)
+    torch.manual_seed(20 + rank)
+    first = learner(shard_dropout(dropout_model()), rank, f"{out}/learner_part")
+    ft.fit_(first, 2)
+    torch.manual_seed(98)
+    again = learner(shard_dropout(dropout_model()), rank, f"{out}/learner_part")
+    ft.fit_(again, 3, resume=f"{out}/learner_part/epoch_002.safetensors")
+    snapshot("learner_resumed", again.model, again.opt_state, result)
+    if rank == 0:
+        save_file(result, f"{out}/result.safetensors")
