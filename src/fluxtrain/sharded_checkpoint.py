@@ -345,8 +345,7 @@ def load_sharded(
     except Exception as e:
         raise C.CheckpointError(f"{path}: cannot read the shard files ({e})") from e
     sizes = {
-        k: (torch.Size(m.size), m.properties.dtype)
-        for k, m in metadata.state_dict_metadata.items()
+        k: (torch.Size(m.size), m.properties.dtype) for k, m in metadata.state_dict_metadata.items()
     }
     where = str(path)
     skipped: list[str] = []
@@ -401,7 +400,9 @@ def load_sharded(
         with _quiet():
             dcp_load(dests, storage_reader=HuggingFaceStorageReader(str(path)), no_dist=True)
     except Exception as e:
-        raise C.CheckpointError(f"{where}: cannot read the tensors ({type(e).__name__}: {e})") from e
+        raise C.CheckpointError(
+            f"{where}: cannot read the tensors ({type(e).__name__}: {e})"
+        ) from e
 
     # Extras and RNG states from the tensors just read (still nothing changed).
     loaded = C._Reader(dests, where)
@@ -549,9 +550,9 @@ def _plan_opt_state(opt_state, model, structure, sizes, dests, finish, problem, 
             parts[i] = dests[name]
         new_state = fill(state, parts)
         in_place = now is not None
+        frozen = bool(entry.get("frozen", False))
 
-        def apply(leaf=leaf, rule=rule, frozen=bool(entry.get("frozen")), new=new_state,
-                  in_place=in_place) -> None:  # fmt: skip
+        def apply(leaf=leaf, rule=rule, frozen=frozen, new=new_state, in_place=in_place) -> None:
             leaf.rule = rule
             leaf.frozen = frozen
             leaf.state = C._assign(leaf.state, new) if in_place else new

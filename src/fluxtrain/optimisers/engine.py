@@ -281,9 +281,9 @@ class Group:
 
 
 def _dense(t: torch.Tensor) -> bool:
-    """A plain dense tensor (or a Parameter of one).  FSDP2's parameters are
-    ``nn.Parameter``\ s of a ``DTensor``: ``isinstance(p, nn.Parameter)`` is true for them, so
-    the check is on the data's own type."""
+    """A plain dense tensor (or a Parameter of one).  FSDP2's parameters are Parameters
+    holding a ``DTensor``: ``isinstance(p, nn.Parameter)`` is true for them, so the check is on
+    the type of the data inside."""
     if isinstance(t, torch.nn.Parameter):
         t = t.data
     return type(t) is torch.Tensor
