@@ -148,6 +148,16 @@ def run_rules(rank: int | None) -> dict[str, torch.Tensor]:
     m = model() if rank is None else shard(model(), "first")
     st = train_rule(m, ft.OptimiserChain(ft.ClipNorm(0.3), ft.Adam(0.01)), None)
     snapshot("partly_sharded", m, st, out)
+    # The implicit style (Flux <= 0.13): Params, gradient of a closure, update_(rule, ps, gs).
+    m = model() if rank is None else shard(model())
+    ps = ft.params(m)
+    rule = ft.Momentum(0.05)
+    for step in range(STEPS):
+        x, y = data(step)
+        if rank is not None:
+            x, y = x[rank * BATCH : (rank + 1) * BATCH], y[rank * BATCH : (rank + 1) * BATCH]
+        ft.update_(rule, ps, ft.gradient(lambda: lossfn(m, x, y), ps))  # noqa: B023
+    snapshot("implicit", m, {}, out)
     return out
 
 

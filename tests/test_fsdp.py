@@ -49,7 +49,7 @@ def spawn_two_ranks(task: str, out: str) -> None:
                 p.kill()
 
 
-def test_fsdp2_on_two_ranks_equals_one_process_for_every_rule_adjust_freeze_and_partial_sharding(
+def test_fsdp2_on_two_ranks_equals_one_process_for_every_rule_adjust_freeze_partial_and_implicit(
     tmp_path,
 ):
     out = tmp_path / "rules.safetensors"
@@ -59,7 +59,7 @@ def test_fsdp2_on_two_ranks_equals_one_process_for_every_rule_adjust_freeze_and_
     assert set(got) == set(want)
     names = {k.split("/")[0] for k in want}
     rules = set(worker.rule_configs())
-    assert rules | {"adjust_freeze", "partly_sharded"} == names
+    assert rules | {"adjust_freeze", "partly_sharded", "implicit"} == names
     configs = worker.rule_configs().values()
     covered = {type(r).__name__ for cfg in configs for r in ft.optimisers.engine.rules_in(cfg)}
     covered |= {type(cfg).__name__ for cfg in configs}  # rules_in looks inside chains
