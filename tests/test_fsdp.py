@@ -107,7 +107,10 @@ def test_sharded_checkpoints_reshard_resume_bit_for_bit_and_never_pickle(tmp_pat
         whole, resumed = part(run + "uninterrupted"), part(run + "resumed")
         assert whole and whole.keys() == resumed.keys()
         assert all(torch.equal(whole[k], resumed[k]) for k in whole), run
+    # ... and they did train (the Learner too), so the equalities above say something.
     assert not torch.equal(part("saved")["param/0.weight"], part("uninterrupted")["param/0.weight"])
+    initial = worker.dropout_model()[0].weight.detach()
+    assert not torch.allclose(part("learner_uninterrupted")["param/0.weight"], initial, atol=1e-4)
     # Saved by 1 process, loaded on 2 ranks: identical.
     loaded = part("one_to_two")
     assert all(torch.equal(loaded[k.split("/", 1)[1]], v) for k, v in one_rank.items())
