@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +79,15 @@ def _rank(world: int, rank: int, port: int, which: str, queue: Any) -> None:
         state = ft.setup(ft.Adam(1e-4), model)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    times = []
     for _ in range(STEPS):
         model(x).square().mean().backward()
+        t0 = time.perf_counter()
         if which == "fluxtrain":
             ft.update_(state, model)
         else:
             opt.step()
+        times.append(time.perf_counter() - t0)
         for p in model.parameters():
             p.grad = None
     if which == "fluxtrain":
@@ -103,6 +107,7 @@ def _rank(world: int, rank: int, port: int, which: str, queue: Any) -> None:
         "state_bytes": sum(_local_bytes(t) for t in tensors),
         "peak_rss": _vm("VmHWM"),
         "rss_growth": _vm("VmHWM") - rss_before,
+        "step_seconds": min(times),
     }
     queue.put(result)
     ft.shutdown_distributed()
@@ -146,10 +151,11 @@ def main() -> None:
             f"{r['param_bytes'] / mib:.1f}", f"{r['state_bytes'] / mib:.1f}",
             f"{r['state_bytes'] / state1[r['optimiser']]:.2f}",
             f"{r['peak_rss'] / mib:.0f}", f"{r['rss_growth'] / mib:.0f}",
+            f"{r['step_seconds'] * 1e3:.0f}",
         ])  # fmt: skip
     headers = [
         "world", "rank", "optimiser", "model", "params MiB/rank", "opt state MiB/rank",
-        "state vs world 1", "peak RSS MiB", "RSS growth MiB",
+        "state vs world 1", "peak RSS MiB", "RSS growth MiB", "update ms",
     ]  # fmt: skip
     print(table(headers, rows))
     ratio = {}

@@ -24,9 +24,15 @@ Design (see docs/engine.md for the measurements behind it):
      of one leaf skips the gathering.
 
   No path loops in Python over parameters per elementwise operation.
-* Tensors that are not plain dense tensors (FSDP2's ``DTensor`` and other subclasses) are
-  updated one leaf at a time with ``rule.apply``, whose torch operations they implement; a
-  per-array norm of a sharded parameter is then the norm of the whole array.
+* Sharded parameters (FSDP2's ``DTensor``; an ``nn.Parameter`` holding one is not "dense"):
+  when the rule works element by element (every rule but a per-array ClipNorm, or a user's
+  rule, whose maths may need the whole array) and the gradient and state are sharded like the
+  parameter, the rule runs on the local shards, grouped with the dense leaves (so fused
+  kernels apply); the state's DTensors are updated in place through them.  Otherwise the leaf
+  is updated on its own with ``rule.apply`` on the DTensors, whose torch operations DTensor
+  implements; a norm is then reduced over the ranks (``full_tensor()``), so a per-array or
+  global ClipNorm sees the whole array, never a local shard.  Other tensor subclasses go one
+  leaf at a time too.
 * **Atomic.**  Every check that can fail (gradient kinds, throwing ClipNorms at the head of a
   chain, global norms) runs before the first parameter changes.  A group whose rule can still
   raise after it started mutating (a throwing ClipNorm after a stateful rule in a chain, or a
@@ -464,6 +470,86 @@ def _snapshot(g: Group) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return pairs
 
 
+# ---------------------------------------------------------------------------------------------
+# Sharded parameters (FSDP2's DTensor): elementwise rules run on the local shards
+
+
+class _LocalLeaf:
+    """A stand-in for the Leaf of a sharded parameter while its rule runs on local shards: its
+    state holds the local tensors of the Leaf's DTensors (the same storage)."""
+
+    __slots__ = ("back", "frozen", "leaf", "rule", "state")
+
+    def __init__(self, leaf: Any, state: Any, back: dict[int, torch.Tensor]) -> None:
+        self.leaf, self.rule, self.state, self.frozen, self.back = (
+            leaf,
+            leaf.rule,
+            state,
+            False,
+            back,
+        )
+
+
+def _elementwise(rule: Rule) -> bool:
+    """True if every part of ``rule`` works element by element, so that running it on each
+    rank's shard is running it on the whole array (a per-array ClipNorm needs the whole norm,
+    a user's rule might too; a global ClipNorm was applied before the rules run)."""
+    for r in rules_in(rule):
+        if isinstance(r, ClipNorm) and r.scope == "array":
+            return False
+        if not isinstance(r, _KNOWN) and getattr(r, "inner_rules", None) is None:
+            return False
+    return True
+
+
+def _data(t: torch.Tensor) -> torch.Tensor:
+    return t.data if isinstance(t, torch.nn.Parameter) else t
+
+
+def _localise(w: Work) -> Work | None:
+    """``w`` on the local shards of its sharded parameter, gradient and state, when they are
+    all DTensors sharded alike and the rule is elementwise; else ``None``."""
+    x, dx = _data(w.x), w.dx
+    spec = getattr(x, "placements", None), getattr(x, "device_mesh", None)
+    if spec[0] is None or not _elementwise(w.leaf.rule):
+        return None
+    if (getattr(dx, "placements", None), getattr(dx, "device_mesh", None)) != spec:
+        return None
+    back: dict[int, torch.Tensor] = {}
+    parts = []
+    for a in atoms(w.leaf.state):
+        if isinstance(a, torch.Tensor):
+            if (getattr(a, "placements", None), getattr(a, "device_mesh", None)) != spec:
+                return None
+            local = a.to_local()
+            back[id(local)] = a
+            a = local
+        parts.append(a)
+    proxy = _LocalLeaf(w.leaf, fill(w.leaf.state, parts), back)
+    return Work(proxy, x.to_local(), [], w.path, dx.to_local())
+
+
+def _globalise(w: Work, x: torch.Tensor) -> None:
+    """Give the Leaf behind ``w`` (an item made by :func:`_localise`) its new state, whose tensors
+    are again its DTensors (updated in place through their local shards)."""
+    proxy = w.leaf
+    parts = []
+    for a in atoms(proxy.state):
+        if isinstance(a, torch.Tensor):
+            dt = proxy.back.get(id(a))
+            if dt is None:  # a rule made a new tensor: wrap it as a shard like the parameter
+                from torch.distributed.tensor import DTensor
+
+                dt = DTensor.from_local(
+                    a, x.device_mesh, x.placements, shape=x.shape, stride=x.stride()
+                )
+            elif dt.to_local().data_ptr() != a.data_ptr():
+                dt.to_local().copy_(a)
+            a = dt
+        parts.append(a)
+    proxy.leaf.state = fill(proxy.state, parts)
+
+
 def step(items: list[Work]) -> None:
     """Update the given leaves (gradients in ``.dx`` or ``.grads``), all checks first."""
     items = [w for w in items if not w.leaf.frozen]
@@ -479,23 +565,39 @@ def step(items: list[Work]) -> None:
                 w.dx = _gradient(w)
         _check_head_clips(items)
         _apply_global_clips(items)
-        groups = group(items)
-        risky = [g for g in groups if _may_raise_midway(g.rule)]
-        safe = [g for g in groups if not _may_raise_midway(g.rule)]
-        if risky:
-            saved = [(g, _snapshot(g), [w.leaf.state for w in g.items]) for g in risky]
-            try:
-                for g in risky:
-                    _run_group(g)
-            except BaseException:
-                for g, pairs, states in saved:
-                    for dst, src in pairs:
-                        dst.copy_(src)
-                    for w, s in zip(g.items, states):
-                        w.leaf.state = s
-                raise
-        for g in safe:
-            _run_group(g)
+        # Sharded leaves whose rules are elementwise run on their local shards, grouped with
+        # the rest (fused kernels included); the others go one leaf at a time on DTensors.
+        local: list[tuple[Work, torch.Tensor]] = []
+        for i, w in enumerate(items):
+            if not _dense(w.x):
+                lw = _localise(w)
+                if lw is not None:
+                    local.append((lw, _data(w.x)))
+                    items[i] = lw
+        _run_groups(items)
+        for lw, x in local:
+            _globalise(lw, x)
+
+
+def _run_groups(items: list[Work]) -> None:
+    """Group the checked items and run the groups, risky ones first with a way back."""
+    groups = group(items)
+    risky = [g for g in groups if _may_raise_midway(g.rule)]
+    safe = [g for g in groups if not _may_raise_midway(g.rule)]
+    if risky:
+        saved = [(g, _snapshot(g), [w.leaf.state for w in g.items]) for g in risky]
+        try:
+            for g in risky:
+                _run_group(g)
+        except BaseException:
+            for g, pairs, states in saved:
+                for dst, src in pairs:
+                    dst.copy_(src)
+                for w, s in zip(g.items, states):
+                    w.leaf.state = s
+            raise
+    for g in safe:
+        _run_group(g)
 
 
 def run(items: list[Work]) -> None:
