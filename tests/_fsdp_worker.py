@@ -232,6 +232,26 @@ def learner(m: Any, rank: int, folder: str) -> Any:
     )  # fmt: skip
 
 
+class no_unpickling:
+    """Make ``pickle.load``/``loads``/``Unpickler`` and ``torch.load`` fail while it is active:
+    loading a sharded checkpoint must use none of them (on any rank)."""
+
+    def __enter__(self) -> None:
+        import pickle
+
+        def refuse(*args: Any, **kw: Any) -> Any:
+            raise AssertionError("loading a checkpoint unpickled something")
+
+        self.saved = [(pickle, n, getattr(pickle, n)) for n in ("load", "loads", "Unpickler")]
+        self.saved.append((torch, "load", torch.load))
+        for mod, name, _ in self.saved:
+            setattr(mod, name, refuse)
+
+    def __exit__(self, *exc: Any) -> None:
+        for mod, name, f in self.saved:
+            setattr(mod, name, f)
+
+
 def checkpoints(rank: int, world: int, out: str) -> None:
     """Sharded save/load on 2 ranks; results for the 1-process checks of the test in ``out``."""
     from safetensors.torch import save_file
@@ -250,14 +270,16 @@ def checkpoints(rank: int, world: int, out: str) -> None:
     torch.manual_seed(99)  # the checkpoint's RNG states must override this
     m2 = shard_dropout(dropout_model())
     st2 = ft.setup(ft.Descent(), m2)
-    extras = ft.load(f"{out}/two_ranks", model=m2, opt_state=st2)
+    with no_unpickling():
+        extras = ft.load(f"{out}/two_ranks", model=m2, opt_state=st2)
     assert extras == {"step": 2}, extras
     ft.train_(lossfn, m2, rank_data(rank, range(2, 4)), st2)
     snapshot("resumed", m2, st2, result)
     # A checkpoint the test wrote in one process, loaded on 2 ranks (resharded).
     m3 = shard_dropout(dropout_model())
     st3 = ft.setup(ft.Descent(), m3)
-    ft.load(f"{out}/one_rank", model=m3, opt_state=st3)
+    with no_unpickling():
+        ft.load(f"{out}/one_rank", model=m3, opt_state=st3)
     snapshot("one_to_two", m3, st3, result)
     # The Learner: Checkpointer under FSDP2, then fit_(..., resume=) of a fresh learner.
     torch.manual_seed(20 + rank)
