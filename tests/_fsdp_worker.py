@@ -252,6 +252,11 @@ class no_unpickling:
             setattr(mod, name, f)
 
 
+def sharded_loader() -> ft.DataLoader:
+    x, y = data(0)
+    return ft.DataLoader((x, y), batchsize=2, shuffle=True, rng=5, shard="auto")
+
+
 def checkpoints(rank: int, world: int, out: str) -> None:
     """Sharded save/load on 2 ranks; results for the 1-process checks of the test in ``out``."""
     from safetensors.torch import save_file
@@ -262,7 +267,10 @@ def checkpoints(rank: int, world: int, out: str) -> None:
     m = shard_dropout(dropout_model())
     st = ft.setup(resume_rule(), m)
     ft.train_(lossfn, m, rank_data(rank, range(2)), st)
-    ft.save(f"{out}/two_ranks", model=m, opt_state=st, step=2)
+    loader = sharded_loader()  # its state differs by rank: each rank must get its own back
+    batches = iter(loader)
+    next(batches)  # saved in the middle of an epoch
+    ft.save(f"{out}/two_ranks", model=m, opt_state=st, step=2, data=loader)
     snapshot("saved", m, st, result)
     ft.train_(lossfn, m, rank_data(rank, range(2, 4)), st)
     snapshot("uninterrupted", m, st, result)
@@ -270,9 +278,11 @@ def checkpoints(rank: int, world: int, out: str) -> None:
     torch.manual_seed(99)  # the checkpoint's RNG states must override this
     m2 = shard_dropout(dropout_model())
     st2 = ft.setup(ft.Descent(), m2)
+    loader2 = sharded_loader()
     with no_unpickling():
-        extras = ft.load(f"{out}/two_ranks", model=m2, opt_state=st2)
-    assert extras == {"step": 2}, extras
+        extras = ft.load(f"{out}/two_ranks", model=m2, opt_state=st2, data=loader2)
+    assert extras["step"] == 2 and extras["data"]["shard"] == [rank, world], extras
+    assert all(torch.equal(a, b) for a, b in zip(next(iter(loader2)), next(batches)))
     ft.train_(lossfn, m2, rank_data(rank, range(2, 4)), st2)
     snapshot("resumed", m2, st2, result)
     # A checkpoint the test wrote in one process, loaded on 2 ranks (resharded).

@@ -19,7 +19,8 @@ file's header says where its shard of each tensor lies in the whole tensor, so D
 metadata, which its default ``FileSystemWriter`` pickles, is never written.  Tensors are keyed
 by the same tree paths as :func:`fluxtrain.save`'s (``model/layers.enc.weight``,
 ``opt/layers.enc.weight.0``); everything else is the same JSON as there.  Each rank's RNG states
-are stored under ``rng/<rank>``.  Nothing is ever unpickled when loading: the JSON is parsed
+and extras (a sharded ``DataLoader``'s position is per rank) are its own: JSON in the tensor
+``rank<r>.json`` and tensors under ``rank<r>/``.  Nothing is ever unpickled when loading: the JSON is parsed
 with ``json``, the tensors are read with ``safetensors``, and each rank reads only the slices of
 the files that it needs (DCP without collectives, so no plan objects are exchanged either).
 
@@ -53,11 +54,8 @@ _FORMAT = "fluxtrain-sharded-checkpoint"
 _VERSION = 1
 _STRUCTURE = "fluxtrain.json"
 _MAX_STRUCTURE = 256 * 1024 * 1024
-# What the safetensors storage of DCP can hold (torch.distributed.checkpoint._hf_utils).
-_DTYPES = {
-    torch.float16, torch.float32, torch.float64, torch.bfloat16,
-    torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8,
-}  # fmt: skip
+# What safetensors (through DCP's storage) holds: the dtypes of ft.save's files.
+_DTYPES = set(C._DTYPE_CODES)
 
 
 def _is_dtensor(t: Any) -> bool:
@@ -101,7 +99,8 @@ def save_sharded(
     What is stored is what :func:`fluxtrain.save` stores (parameters and buffers by tree path,
     each optimiser Leaf's rule, frozen flag and state, the RNG states, the extras), except that
     a sharded tensor is written as its ranks' shards and every rank's RNG states are kept.
-    Plain (unsharded) tensors and the extras are taken from rank 0.  The checkpoint replaces
+    Plain (unsharded) tensors are taken from rank 0; every rank's extras and RNG states are
+    kept, each rank's own.  The checkpoint replaces
     ``path`` atomically once all ranks are done; an existing ``path`` that is not a sharded
     checkpoint is refused, never overwritten.
 
@@ -129,19 +128,24 @@ def save_sharded(
             f"only its own checkpoints (remove it or choose another path)"
         )
     w = C._Writer()
-    structure = _structure(model, opt_state, extra, w)
+    structure = _structure(model, opt_state, w)
     structure["world_size"] = world
-    rng_w = C._Writer()
-    rng_json = C._encode(C._rng_state(), f"rng/{me}", rng_w)
+    # Each rank's own RNG states and extras (a sharded DataLoader's state differs by rank).
+    own = C._Writer()
+    per_rank = {
+        "rng": C._encode(C._rng_state(), f"rank{me}/rng", own),
+        "extra": {k: C._encode(v, f"rank{me}/extra/{k}", own) for k, v in extra.items()},
+    }
     tensors: dict[str, torch.Tensor] = {}
     for name, t in w.tensors.items():
         _check_dtype(name, t)
         if _is_dtensor(t) or me == 0:  # a plain tensor is the same on every rank: rank 0's
             tensors[name] = t.detach()
-    for name, t in rng_w.tensors.items():
+    for name, t in own.tensors.items():
+        _check_dtype(name, t)
         tensors[name] = t.detach()
-    text = json.dumps(rng_json).encode()
-    tensors[f"rng/{me}.json"] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+    text = json.dumps(per_rank, allow_nan=True).encode()
+    tensors[f"rank{me}.json"] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
 
     tmp = path.with_name(f".{path.name}.partial")
     if me == 0:
@@ -175,8 +179,9 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _structure(model: Any, opt_state: Any, extra: dict[str, Any], w: C._Writer) -> dict:
-    """The JSON of a checkpoint, with its tensors collected in ``w`` (as in ``ft.save``)."""
+def _structure(model: Any, opt_state: Any, w: C._Writer) -> dict:
+    """The JSON of the model and optimiser state, their tensors collected in ``w`` (as in
+    ``ft.save``)."""
     structure: dict[str, Any] = {"format": _FORMAT, "version": _VERSION}
     if model is not None:
         structure["model"] = {p: w.add(f"model/{p}", t) for p, t in C._model_tensors(model)}
@@ -198,7 +203,6 @@ def _structure(model: Any, opt_state: Any, extra: dict[str, Any], w: C._Writer) 
                 else [list(like[0]), str(like[1]).removeprefix("torch.")],
             }
         structure["opt_state"] = leaves
-    structure["extra"] = {k: C._encode(v, f"extra/{k}", w) for k, v in extra.items()}
     return structure
 
 
@@ -206,7 +210,7 @@ def _check_dtype(name: str, t: torch.Tensor) -> None:
     if t.dtype not in _DTYPES:
         raise C.CheckpointError(
             f"cannot store the tensor at {name} of dtype {t.dtype} in a sharded checkpoint "
-            f"(its safetensors storage holds {sorted(str(d) for d in _DTYPES)})"
+            f"(safetensors holds {sorted(str(d).removeprefix('torch.') for d in _DTYPES)})"
         )
 
 
@@ -316,7 +320,7 @@ def load_sharded(
 
     Arguments and result are those of :func:`fluxtrain.load`: the extras are returned, objects
     given as ``name=obj`` get ``load_state_dict``, ``strict=False`` loads what fits.  Each rank
-    gets its own RNG states back (rank 0's where the checkpoint has none for this rank).  Every
+    gets its own extras and RNG states back (rank 0's where the checkpoint has none for this rank).  Every
     path, shape, dtype, rule and state layout is checked, and everything is read into new
     tensors first, so a failed load leaves the model, the state and the RNGs as they were.
     Nothing is unpickled.
@@ -330,7 +334,6 @@ def load_sharded(
         tensor([1., 2.])
     """
     from torch.distributed.checkpoint import HuggingFaceStorageReader
-    from torch.distributed.checkpoint import load as dcp_load
 
     path = Path(path)
     for name, obj in targets.items():
@@ -362,27 +365,27 @@ def load_sharded(
             raise C.CheckpointError(f"{where}: {what} refers to a missing tensor {name!r}")
         return sizes[name]
 
+    # This rank's RNG states and extras (rank 0's if the checkpoint has none for this rank).
+    prefix = f"rank{rank()}" if f"rank{rank()}.json" in sizes else "rank0"
+    if f"{prefix}.json" not in sizes:
+        raise C.CheckpointError(f"{where}: the checkpoint has no rank0.json entry")
+    box = {f"{prefix}.json": torch.empty(sizes[f"{prefix}.json"][0], dtype=torch.uint8)}
+    _read(box, path)
+    per_rank = C._json(box[f"{prefix}.json"].numpy().tobytes(), where, f"{prefix}.json")
+    if not isinstance(per_rank, dict) or not isinstance(per_rank.get("extra"), dict):
+        raise C.CheckpointError(f"{where}: malformed {prefix}.json")
     try:
         if model is not None:
             _plan_model(model, structure, dests, finish, problem, meta)
         if opt_state is not None:
             _plan_opt_state(opt_state, model, structure, sizes, dests, finish, problem, where)
-        extras_raw = structure.get("extra", {})
-        if not isinstance(extras_raw, dict):
-            raise C.CheckpointError(f"{where}: malformed extras")
-        for n in _tensor_names(extras_raw):
-            size, dtype = meta(n, "an extra")
-            dests.setdefault(n, torch.empty(size, dtype=dtype))
-        rng_name = None
+        extras_raw = per_rank["extra"]
+        wanted = list(_tensor_names(extras_raw))
         if restore_rng:
-            mine = f"rng/{rank()}"
-            prefix = mine if f"{mine}.json" in sizes else "rng/0"
-            if f"{prefix}.json" not in sizes:
-                raise C.CheckpointError(f"{where}: the checkpoint has no RNG states")
-            rng_name = prefix
-            for n, (size, dtype) in sizes.items():
-                if n == f"{prefix}.json" or n.startswith(f"{prefix}."):
-                    dests[n] = torch.empty(size, dtype=dtype)
+            wanted += list(_tensor_names(per_rank.get("rng")))
+        for n in wanted:
+            size, dtype = meta(n, f"{prefix}.json")
+            dests.setdefault(n, torch.empty(size, dtype=dtype))
         stateful_names = []
         for name, obj in targets.items():
             if name not in extras_raw:
@@ -396,23 +399,15 @@ def load_sharded(
             f"{where}: damaged or unsupported content ({type(e).__name__}: {e})"
         ) from e
 
-    try:  # every rank reads its own slices: no collectives, nothing exchanged between ranks
-        with _quiet():
-            dcp_load(dests, storage_reader=HuggingFaceStorageReader(str(path)), no_dist=True)
-    except Exception as e:
-        raise C.CheckpointError(
-            f"{where}: cannot read the tensors ({type(e).__name__}: {e})"
-        ) from e
+    _read(dests, path)
 
     # Extras and RNG states from the tensors just read (still nothing changed).
     loaded = C._Reader(dests, where)
     extras = {k: C._decode(v, f"extra.{k}", loaded) for k, v in extras_raw.items()}
     stateful = [(name, obj, extras[name]) for name, obj in stateful_names]
     rng = None
-    if rng_name is not None:
-        text = bytes(dests[f"{rng_name}.json"].numpy().tobytes())
-        rng_json = C._json(text, where, "the RNG states")
-        rng = C._decode(rng_json, "rng", loaded)
+    if restore_rng:
+        rng = C._decode(per_rank.get("rng"), "rng", loaded)
         C._check_rng_state(rng, loaded)
 
     C._load_stateful(stateful, loaded)
@@ -429,6 +424,21 @@ def load_sharded(
             stacklevel=2,
         )
     return C.LoadResult(extras, skipped=skipped)
+
+
+def _read(dests: dict[str, torch.Tensor], path: Path) -> None:
+    """Read the tensors named in ``dests`` into them: each rank reads its own slices of the
+    files, with no collectives and nothing exchanged between ranks."""
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint import load as dcp_load
+
+    if not dests:
+        return
+    try:
+        with _quiet():
+            dcp_load(dests, storage_reader=HuggingFaceStorageReader(str(path)), no_dist=True)
+    except Exception as e:
+        raise C.CheckpointError(f"{path}: cannot read the tensors ({type(e).__name__}: {e})") from e
 
 
 def _tensor_names(v: Any) -> Iterator[Any]:
