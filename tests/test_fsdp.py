@@ -198,3 +198,20 @@ def test_setup_and_update_see_through_fsdp1_wrapper_as_through_ddp(tmp_path):
         assert all(torch.allclose(p, q) for p, q in zip(plain.parameters(), inner.parameters()))
     finally:
         dist.destroy_process_group()
+
+
+def test_sharded_load_refuses_a_damaged_or_missing_shard_file_and_changes_nothing(tmp_path):
+    m = torch.nn.Linear(3, 2).double()
+    ft.save_sharded(tmp_path / "ck", model=m)
+    shard = tmp_path / "ck" / "shard-00001-model-00001-of-00001.safetensors"
+    raw = bytearray(shard.read_bytes())
+    raw[-3] ^= 0xFF  # one bit pattern in the tensor data
+    shard.write_bytes(bytes(raw))
+    target = torch.nn.Linear(3, 2).double()
+    before = [p.detach().clone() for p in target.parameters()]
+    with pytest.raises(ft.CheckpointError, match="is damaged"):
+        ft.load(tmp_path / "ck", model=target)
+    shard.unlink()
+    with pytest.raises(ft.CheckpointError, match="was a file removed or added"):
+        ft.load(tmp_path / "ck", model=target)
+    assert all(torch.equal(p, q) for p, q in zip(target.parameters(), before))

@@ -24,6 +24,10 @@ and extras (a sharded ``DataLoader``'s position is per rank) are its own: JSON i
 with ``json``, the tensors are read with ``safetensors``, and each rank reads only the slices of
 the files that it needs (DCP without collectives, so no plan objects are exchanged either).
 
+``fluxtrain.json`` records each shard file's size and CRC-32 (each rank checksums the file
+it wrote); :func:`load_sharded` refuses a checkpoint whose files are missing, extra, truncated
+or damaged before it reads a tensor.
+
 Writes are atomic: the ranks write into a temporary directory next to the target, and rank 0
 renames it over the target once every rank has finished; a previous checkpoint at the target is
 replaced only then.  The directory must be on a file system every rank can reach (for a single
@@ -37,11 +41,13 @@ import json
 import os
 import shutil
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from . import checkpoint as C
 from .distributed import barrier, is_distributed, rank, world_size
@@ -157,10 +163,15 @@ def save_sharded(
         writer = HuggingFaceStorageWriter(str(tmp), save_distributed=True)
         with _quiet():
             dcp_save(tensors, storage_writer=writer, no_dist=not is_distributed())
+        checks = _file_checks(tmp, me, world)  # each rank checksums its own file, in parallel
         if me == 0:
             _remove_pickles(tmp)
-            files = sorted(p.name for p in tmp.iterdir() if p.name.endswith(".safetensors"))
-            structure["files"] = files
+            present = sorted(p.name for p in tmp.iterdir() if p.name.endswith(".safetensors"))
+            if sorted(checks) != present:
+                raise C.CheckpointError(
+                    f"{path}: the ranks wrote {present}, expected {sorted(checks)}"
+                )
+            structure["files"] = checks
             _write_json(tmp / _STRUCTURE, structure)
             _replace_dir(tmp, path)
     except BaseException:
@@ -212,6 +223,34 @@ def _check_dtype(name: str, t: torch.Tensor) -> None:
             f"cannot store the tensor at {name} of dtype {t.dtype} in a sharded checkpoint "
             f"(safetensors holds {sorted(str(d).removeprefix('torch.') for d in _DTYPES)})"
         )
+
+
+def _shard_file(r: int) -> str:
+    """The file rank ``r`` writes: DCP's safetensors writer numbers the ranks' plans from 1
+    (``torch.distributed.checkpoint._hf_utils._gen_file_name``, one file per rank)."""
+    return f"shard-{r + 1:05d}-model-00001-of-00001.safetensors"
+
+
+def _crc32(file: Path) -> int:
+    crc = 0
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _file_checks(directory: Path, me: int, world: int) -> dict[str, list[int]]:
+    """``{file: [size, crc32]}`` of every rank's file, each rank reading only its own (a rank
+    with nothing to write has no file)."""
+    mine = directory / _shard_file(me)
+    own = [mine.stat().st_size, _crc32(mine)] if mine.exists() else [-1, -1]
+    if world == 1:
+        return {mine.name: own} if own[0] >= 0 else {}
+    gathered = [torch.zeros(2, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(gathered, torch.tensor(own, dtype=torch.int64))
+    return {
+        _shard_file(r): [int(t[0]), int(t[1])] for r, t in enumerate(gathered) if int(t[0]) >= 0
+    }
 
 
 def _remove_pickles(directory: Path) -> None:
@@ -277,7 +316,9 @@ class _Recording(Mapping):
         return len(self.sizes)
 
 
-def _read_structure(path: Path) -> dict[str, Any]:
+def _read_structure(path: Path, verify: bool = True) -> dict[str, Any]:
+    """The checkpoint's structure JSON, after checking its files' sizes (and, with ``verify``,
+    their CRC-32 checksums)."""
     if not path.exists():
         raise C.CheckpointNotFoundError(f"no checkpoint at {path}")
     file = path / _STRUCTURE
@@ -297,11 +338,24 @@ def _read_structure(path: Path) -> dict[str, Any]:
         raise C.CheckpointError(f"{file}: not a sharded fluxtrain checkpoint of version {_VERSION}")
     files = structure.get("files")
     present = sorted(p.name for p in path.iterdir() if p.name.endswith(".safetensors"))
-    if not isinstance(files, list) or sorted(files) != present:
+    if not isinstance(files, dict) or sorted(files) != present:
         raise C.CheckpointError(
             f"{path}: the shard files {present} are not the ones the checkpoint was written "
-            f"with ({files}); was a file removed or added?"
+            f"with ({sorted(files) if isinstance(files, dict) else files}); was a file removed "
+            f"or added?"
         )
+    for name, check in files.items():
+        if not (isinstance(check, list) and len(check) == 2):
+            raise C.CheckpointError(f"{file}: malformed entry for {name}")
+        size = (path / name).stat().st_size
+        if size != check[0]:
+            raise C.CheckpointError(
+                f"{path / name} is damaged or truncated: {size} bytes, written with {check[0]}"
+            )
+        if verify and _crc32(path / name) != check[1]:
+            raise C.CheckpointError(
+                f"{path / name} is damaged: its bytes do not match the checksum written with it"
+            )
     return structure
 
 
