@@ -533,18 +533,23 @@ def _globalise(w: Work, x: torch.Tensor) -> None:
     """Give the Leaf behind ``w`` (an item made by :func:`_localise`) its new state, whose tensors
     are again its DTensors (updated in place through their local shards)."""
     proxy = w.leaf
+    old = atoms(proxy.leaf.state)
     parts = []
-    for a in atoms(proxy.state):
+    for i, a in enumerate(atoms(proxy.state)):
         if isinstance(a, torch.Tensor):
             dt = proxy.back.get(id(a))
-            if dt is None:  # a rule made a new tensor: wrap it as a shard like the parameter
+            if dt is None and i < len(old) and id(old[i]) in {id(v) for v in proxy.back.values()}:
+                dt = old[i]  # the same slot: a rule returned a new tensor, kept in the old one
+                if dt.to_local().shape == a.shape:
+                    dt.to_local().copy_(a)
+                else:
+                    dt = None
+            if dt is None:  # a new tensor of another shape: a shard laid out like the parameter
                 from torch.distributed.tensor import DTensor
 
                 dt = DTensor.from_local(
                     a, x.device_mesh, x.placements, shape=x.shape, stride=x.stride()
                 )
-            elif dt.to_local().data_ptr() != a.data_ptr():
-                dt.to_local().copy_(a)
             a = dt
         parts.append(a)
     proxy.leaf.state = fill(proxy.state, parts)
