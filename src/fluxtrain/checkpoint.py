@@ -968,8 +968,7 @@ def load(
     changes (the file, its checksums, paths, shapes, dtypes, rules, state layouts, RNG states;
     see the module docs), so a failed load leaves model, state, objects and RNGs as they were.
     Every failure to read the checkpoint, or an object given as ``name=obj`` refusing its
-    state, is a :class:`CheckpointError`.  Nothing is unpickled.  A directory written by
-    :func:`save_sharded` is read by :func:`load_sharded`, on any number of ranks.
+    state, is a :class:`CheckpointError`.  Nothing is unpickled.
 
     Example:
         >>> import torch, tempfile, os, fluxtrain as ft
@@ -985,7 +984,8 @@ def load(
             raise TypeError(
                 f"load: {name}= must be an object with load_state_dict(), got {type(obj).__name__}"
             )
-    if (Path(path) / "fluxtrain.json").is_file():  # a directory written by save_sharded
+    # A directory written by save_sharded (FSDP2) is read by load_sharded, on any number of ranks.
+    if (Path(path) / "fluxtrain.json").is_file():
         from .sharded_checkpoint import load_sharded
 
         return load_sharded(

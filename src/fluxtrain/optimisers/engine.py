@@ -308,6 +308,91 @@ def group(items: list[Work]) -> list[Group]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Sharded parameters (FSDP2's DTensor): elementwise rules run on the local shards
+
+
+class _LocalLeaf:
+    """A stand-in for the Leaf of a sharded parameter while its rule runs on local shards: its
+    state holds the local tensors of the Leaf's DTensors (the same storage)."""
+
+    __slots__ = ("back", "frozen", "leaf", "rule", "state")
+
+    def __init__(self, leaf: Any, state: Any, back: dict[int, torch.Tensor]) -> None:
+        self.leaf, self.rule, self.state, self.frozen, self.back = (
+            leaf,
+            leaf.rule,
+            state,
+            False,
+            back,
+        )
+
+
+def _elementwise(rule: Rule) -> bool:
+    """True if every part of ``rule`` works element by element, so that running it on each
+    rank's shard is running it on the whole array (a per-array ClipNorm needs the whole norm,
+    a user's rule might too; a global ClipNorm was applied before the rules run)."""
+    for r in rules_in(rule):
+        if isinstance(r, ClipNorm) and r.scope == "array":
+            return False
+        if not isinstance(r, _KNOWN) and getattr(r, "inner_rules", None) is None:
+            return False
+    return True
+
+
+def _data(t: torch.Tensor) -> torch.Tensor:
+    return t.data if isinstance(t, torch.nn.Parameter) else t
+
+
+def _localise(w: Work) -> Work | None:
+    """``w`` on the local shards of its sharded parameter, gradient and state, when they are
+    all DTensors sharded alike and the rule is elementwise; else ``None``."""
+    x, dx = _data(w.x), w.dx
+    spec = getattr(x, "placements", None), getattr(x, "device_mesh", None)
+    if spec[0] is None or not _elementwise(w.leaf.rule):
+        return None
+    if (getattr(dx, "placements", None), getattr(dx, "device_mesh", None)) != spec:
+        return None
+    back: dict[int, torch.Tensor] = {}
+    parts = []
+    for a in atoms(w.leaf.state):
+        if isinstance(a, torch.Tensor):
+            if (getattr(a, "placements", None), getattr(a, "device_mesh", None)) != spec:
+                return None
+            local = a.to_local()
+            back[id(local)] = a
+            a = local
+        parts.append(a)
+    proxy = _LocalLeaf(w.leaf, fill(w.leaf.state, parts), back)
+    return Work(proxy, x.to_local(), [], w.path, dx.to_local())
+
+
+def _globalise(w: Work, x: torch.Tensor) -> None:
+    """Give the Leaf behind ``w`` (an item made by :func:`_localise`) its new state, whose tensors
+    are again its DTensors (updated in place through their local shards)."""
+    proxy = w.leaf
+    old = atoms(proxy.leaf.state)
+    parts = []
+    for i, a in enumerate(atoms(proxy.state)):
+        if isinstance(a, torch.Tensor):
+            dt = proxy.back.get(id(a))
+            if dt is None and i < len(old) and id(old[i]) in {id(v) for v in proxy.back.values()}:
+                dt = old[i]  # the same slot: a rule returned a new tensor, kept in the old one
+                if dt.to_local().shape == a.shape:
+                    dt.to_local().copy_(a)
+                else:
+                    dt = None
+            if dt is None:  # a new tensor of another shape: a shard laid out like the parameter
+                from torch.distributed.tensor import DTensor
+
+                dt = DTensor.from_local(
+                    a, x.device_mesh, x.placements, shape=x.shape, stride=x.stride()
+                )
+            a = dt
+        parts.append(a)
+    proxy.leaf.state = fill(proxy.state, parts)
+
+
+# ---------------------------------------------------------------------------------------------
 # Kernels
 
 
@@ -468,91 +553,6 @@ def _snapshot(g: Group) -> list[tuple[torch.Tensor, torch.Tensor]]:
         pairs.append((w.x, w.x.detach().clone()))
         pairs += [(a, a.clone()) for a in atoms(w.leaf.state) if isinstance(a, torch.Tensor)]
     return pairs
-
-
-# ---------------------------------------------------------------------------------------------
-# Sharded parameters (FSDP2's DTensor): elementwise rules run on the local shards
-
-
-class _LocalLeaf:
-    """A stand-in for the Leaf of a sharded parameter while its rule runs on local shards: its
-    state holds the local tensors of the Leaf's DTensors (the same storage)."""
-
-    __slots__ = ("back", "frozen", "leaf", "rule", "state")
-
-    def __init__(self, leaf: Any, state: Any, back: dict[int, torch.Tensor]) -> None:
-        self.leaf, self.rule, self.state, self.frozen, self.back = (
-            leaf,
-            leaf.rule,
-            state,
-            False,
-            back,
-        )
-
-
-def _elementwise(rule: Rule) -> bool:
-    """True if every part of ``rule`` works element by element, so that running it on each
-    rank's shard is running it on the whole array (a per-array ClipNorm needs the whole norm,
-    a user's rule might too; a global ClipNorm was applied before the rules run)."""
-    for r in rules_in(rule):
-        if isinstance(r, ClipNorm) and r.scope == "array":
-            return False
-        if not isinstance(r, _KNOWN) and getattr(r, "inner_rules", None) is None:
-            return False
-    return True
-
-
-def _data(t: torch.Tensor) -> torch.Tensor:
-    return t.data if isinstance(t, torch.nn.Parameter) else t
-
-
-def _localise(w: Work) -> Work | None:
-    """``w`` on the local shards of its sharded parameter, gradient and state, when they are
-    all DTensors sharded alike and the rule is elementwise; else ``None``."""
-    x, dx = _data(w.x), w.dx
-    spec = getattr(x, "placements", None), getattr(x, "device_mesh", None)
-    if spec[0] is None or not _elementwise(w.leaf.rule):
-        return None
-    if (getattr(dx, "placements", None), getattr(dx, "device_mesh", None)) != spec:
-        return None
-    back: dict[int, torch.Tensor] = {}
-    parts = []
-    for a in atoms(w.leaf.state):
-        if isinstance(a, torch.Tensor):
-            if (getattr(a, "placements", None), getattr(a, "device_mesh", None)) != spec:
-                return None
-            local = a.to_local()
-            back[id(local)] = a
-            a = local
-        parts.append(a)
-    proxy = _LocalLeaf(w.leaf, fill(w.leaf.state, parts), back)
-    return Work(proxy, x.to_local(), [], w.path, dx.to_local())
-
-
-def _globalise(w: Work, x: torch.Tensor) -> None:
-    """Give the Leaf behind ``w`` (an item made by :func:`_localise`) its new state, whose tensors
-    are again its DTensors (updated in place through their local shards)."""
-    proxy = w.leaf
-    old = atoms(proxy.leaf.state)
-    parts = []
-    for i, a in enumerate(atoms(proxy.state)):
-        if isinstance(a, torch.Tensor):
-            dt = proxy.back.get(id(a))
-            if dt is None and i < len(old) and id(old[i]) in {id(v) for v in proxy.back.values()}:
-                dt = old[i]  # the same slot: a rule returned a new tensor, kept in the old one
-                if dt.to_local().shape == a.shape:
-                    dt.to_local().copy_(a)
-                else:
-                    dt = None
-            if dt is None:  # a new tensor of another shape: a shard laid out like the parameter
-                from torch.distributed.tensor import DTensor
-
-                dt = DTensor.from_local(
-                    a, x.device_mesh, x.placements, shape=x.shape, stride=x.stride()
-                )
-            a = dt
-        parts.append(a)
-    proxy.leaf.state = fill(proxy.state, parts)
 
 
 def step(items: list[Work]) -> None:
