@@ -886,7 +886,7 @@ def save(
     The file is written next to ``path`` and renamed over it, so a crash leaves the previous
     checkpoint intact.  In a multi-process run only rank 0 writes (``rank0_only=False``: every
     rank, e.g. to per-rank paths); the others return ``None``.  A sharded model (FSDP2: its
-    parameters or optimiser state are DTensors) is written by :func:`save_sharded` instead, a
+    parameters or optimiser state are DTensors) is written by [`save_sharded`][fluxtrain.sharded_checkpoint.save_sharded] instead, a
     directory to which every rank writes its own shards (every rank must call ``save`` then).
 
     Example:

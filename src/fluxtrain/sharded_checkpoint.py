@@ -2,8 +2,8 @@
 
 A model sharded with FSDP2 (``torch.distributed.fsdp.fully_shard``) has ``DTensor`` parameters,
 and its optimiser state (``ft.setup``) is sharded like them: each rank holds 1/world of both.
-:func:`save_sharded` writes such a checkpoint without gathering anything onto one rank, and
-:func:`load_sharded` reads it back on any number of ranks (resharding as needed).  ``ft.save``
+[`save_sharded`][fluxtrain.sharded_checkpoint.save_sharded] writes such a checkpoint without gathering anything onto one rank, and
+[`load_sharded`][fluxtrain.sharded_checkpoint.load_sharded] reads it back on any number of ranks (resharding as needed).  ``ft.save``
 and ``ft.load`` call them by themselves for a sharded model or a sharded checkpoint.
 
 A sharded checkpoint is a directory::
@@ -17,7 +17,7 @@ The tensors go through ``torch.distributed.checkpoint`` (DCP) with its safetenso
 (``HuggingFaceStorageWriter(save_distributed=True)`` / ``HuggingFaceStorageReader``): each
 file's header says where its shard of each tensor lies in the whole tensor, so DCP's own
 metadata, which its default ``FileSystemWriter`` pickles, is never written.  Tensors are keyed
-by the same tree paths as :func:`fluxtrain.save`'s (``model/layers.enc.weight``,
+by the same tree paths as [`save`][fluxtrain.checkpoint.save]'s (``model/layers.enc.weight``,
 ``opt/layers.enc.weight.0``); everything else is the same JSON as there.  Each rank's RNG states
 and extras (a sharded ``DataLoader``'s position is per rank) are its own: JSON in the tensor
 ``rank<r>.json`` and tensors under ``rank<r>/``.  Nothing is ever unpickled when loading: the JSON is parsed
@@ -25,7 +25,7 @@ with ``json``, the tensors are read with ``safetensors``, and each rank reads on
 the files that it needs (DCP without collectives, so no plan objects are exchanged either).
 
 ``fluxtrain.json`` records each shard file's size and CRC-32 (each rank checksums the file
-it wrote); :func:`load_sharded` refuses a checkpoint whose files are missing, extra, truncated
+it wrote); [`load_sharded`][fluxtrain.sharded_checkpoint.load_sharded] refuses a checkpoint whose files are missing, extra, truncated
 or damaged before it reads a tensor.
 
 Writes are atomic: the ranks write into a temporary directory next to the target, and rank 0
@@ -72,7 +72,7 @@ def _is_dtensor(t: Any) -> bool:
 
 def is_sharded(model: Any = None, opt_state: Any = None) -> bool:
     """True when ``model`` or ``opt_state`` holds a sharded tensor (FSDP2's ``DTensor``): such a
-    model is checkpointed with :func:`save_sharded` (``ft.save`` does it by itself).
+    model is checkpointed with [`save_sharded`][fluxtrain.sharded_checkpoint.save_sharded] (``ft.save`` does it by itself).
 
     Example:
         >>> import torch
@@ -102,7 +102,7 @@ def save_sharded(
     """Write a sharded checkpoint of ``model``, ``opt_state`` and ``extra`` to the directory
     ``path``: every rank writes its own shards, in parallel.  Every rank must call it.
 
-    What is stored is what :func:`fluxtrain.save` stores (parameters and buffers by tree path,
+    What is stored is what [`save`][fluxtrain.checkpoint.save] stores (parameters and buffers by tree path,
     each optimiser Leaf's rule, frozen flag and state, the RNG states, the extras), except that
     a sharded tensor is written as its ranks' shards and every rank's RNG states are kept.
     Plain (unsharded) tensors are taken from rank 0; every rank's extras and RNG states are
@@ -368,11 +368,11 @@ def load_sharded(
     restore_rng: bool = True,
     **targets: Any,
 ) -> C.LoadResult:
-    """Load a checkpoint written by :func:`save_sharded` into ``model`` and ``opt_state`` in
+    """Load a checkpoint written by [`save_sharded`][fluxtrain.sharded_checkpoint.save_sharded] into ``model`` and ``opt_state`` in
     place, on any number of ranks: each rank reads the parts of the shards it holds (a
     checkpoint written by 2 ranks loads on 1 rank, and the other way round).
 
-    Arguments and result are those of :func:`fluxtrain.load`: the extras are returned, objects
+    Arguments and result are those of [`load`][fluxtrain.checkpoint.load]: the extras are returned, objects
     given as ``name=obj`` get ``load_state_dict``, ``strict=False`` loads what fits.  Each rank
     gets its own extras and RNG states back (rank 0's where the checkpoint has none for this rank).  Every
     path, shape, dtype, rule and state layout is checked, and everything is read into new

@@ -367,7 +367,7 @@ def _localise(w: Work) -> Work | None:
 
 
 def _globalise(w: Work, x: torch.Tensor) -> None:
-    """Give the Leaf behind ``w`` (an item made by :func:`_localise`) its new state, whose tensors
+    """Give the Leaf behind ``w`` (an item made by ``_localise``) its new state, whose tensors
     are again its DTensors (updated in place through their local shards)."""
     proxy = w.leaf
     old = atoms(proxy.leaf.state)
