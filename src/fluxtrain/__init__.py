@@ -30,6 +30,7 @@ from .implicit import *  # noqa: F403
 from .learner import *  # noqa: F403
 from . import callbacks as callbacks
 from .checkpoint import *  # noqa: F403
+from .sharded_checkpoint import *  # noqa: F403
 from .distributed import *  # noqa: F403
 from .precision import *  # noqa: F403
 from .interop import *  # noqa: F403

@@ -885,7 +885,9 @@ def save(
     rules and schedules, and objects with ``state_dict()`` (a ``DataLoader``: its order).
     The file is written next to ``path`` and renamed over it, so a crash leaves the previous
     checkpoint intact.  In a multi-process run only rank 0 writes (``rank0_only=False``: every
-    rank, e.g. to per-rank paths); the others return ``None``.
+    rank, e.g. to per-rank paths); the others return ``None``.  A sharded model (FSDP2: its
+    parameters or optimiser state are DTensors) is written by [`save_sharded`][fluxtrain.sharded_checkpoint.save_sharded] instead, a
+    directory to which every rank writes its own shards (every rank must call ``save`` then).
 
     Example:
         >>> import torch, tempfile, os, fluxtrain as ft
@@ -896,6 +898,10 @@ def save(
         >>> ft.load(path, model=model, opt_state=st)
         {'epoch': 3}
     """
+    from .sharded_checkpoint import is_sharded, save_sharded
+
+    if is_sharded(model, opt_state):  # FSDP2: every rank writes its shards
+        return save_sharded(path, model=model, opt_state=opt_state, **extra)
     if rank0_only and not is_main_process():
         return None
     path = Path(path)
@@ -978,6 +984,14 @@ def load(
             raise TypeError(
                 f"load: {name}= must be an object with load_state_dict(), got {type(obj).__name__}"
             )
+    # A directory written by save_sharded (FSDP2) is read by load_sharded, on any number of ranks.
+    if (Path(path) / "fluxtrain.json").is_file():
+        from .sharded_checkpoint import load_sharded
+
+        return load_sharded(
+            path, model=model, opt_state=opt_state, strict=strict, restore_rng=restore_rng,
+            **targets,
+        )  # fmt: skip
     structure, tensors = _read_file(path)
     r = _Reader(tensors, str(path))
     skipped: list[str] = []

@@ -188,8 +188,9 @@ _FSDP: tuple[type, ...] | None = None
 
 
 def _sharded(a: Any) -> bool:
-    """True for a model sharded by FSDP (``FullyShardedDataParallel`` or ``fully_shard``): its
-    parameters receive gradients only in FSDP's backward hooks."""
+    """True for a model sharded by FSDP (``FullyShardedDataParallel`` or ``fully_shard``), or
+    holding a sub-module that is (only some layers sharded): those parameters receive gradients
+    only in FSDP's backward hooks."""
     global _FSDP
     if not isinstance(a, nn.Module):
         return False
@@ -200,7 +201,7 @@ def _sharded(a: Any) -> bool:
             _FSDP = ()
         else:
             _FSDP = (FSDPModule, FullyShardedDataParallel)
-    return isinstance(a, _FSDP)
+    return bool(_FSDP) and any(isinstance(m, _FSDP) for m in a.modules())
 
 
 def _backward_through_ddp(

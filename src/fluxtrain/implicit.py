@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .gradient import _split_output, _value
+from .gradient import _backward_through_ddp, _split_output, _value
 from .mode import differentiating
 from .optimisers import engine
 from .optimisers.rules import Rule
@@ -135,13 +135,15 @@ class Params:
             try:
                 where = [i for i, p in enumerate(self._order) if p.requires_grad]
                 seed_t = None if seed is None else torch.as_tensor(seed, dtype=loss.dtype)
-                found = torch.autograd.grad(
-                    loss,
-                    [self._order[i] for i in where],
-                    grad_outputs=seed_t,
-                    allow_unused=True,
-                    retain_graph=retain,
-                )
+                tensors = [self._order[i] for i in where]
+                if any(_is_sharded(p) for p in tensors):
+                    # FSDP2's parameters are not in the graph (its forward uses gathered copies);
+                    # its backward hooks write their sharded .grad: go through backward.
+                    found = _backward_through_ddp(loss, tensors, seed_t, retain, restrict=False)
+                else:
+                    found = torch.autograd.grad(
+                        loss, tensors, grad_outputs=seed_t, allow_unused=True, retain_graph=retain
+                    )
             finally:
                 _set_requires_grad(off, False)
             for i, g in zip(where, found):
@@ -266,6 +268,12 @@ class Grads:
         return Grads(self.params, [None if g is None else g * k for g in self.values()])
 
     __rmul__ = __mul__
+
+
+def _is_sharded(p: torch.Tensor) -> bool:
+    """A parameter sharded by FSDP2 (a ``DTensor``, or a Parameter holding one)."""
+    data = p.data if isinstance(p, torch.nn.Parameter) else p
+    return hasattr(data, "device_mesh") and hasattr(data, "to_local")
 
 
 def params(*xs: Any) -> Params:

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import _losscall
-from .gradient import _split_output, withgradient
+from .gradient import _sharded, _split_output, withgradient
 from .mode import _DIFFERENTIATING
 from .optimisers.rules import NonFiniteGradientError, Rule
 from .optimisers.state import setup, unwrap, update_
@@ -303,6 +303,9 @@ def _train_module(
     is also the path DistributedDataParallel needs, as it averages gradients in backward hooks.
     """
     params = [p for p in unwrap(model).parameters() if p.requires_grad]
+    # FSDP's parameters are not in the graph (its forward uses gathered copies; its backward
+    # hooks write the sharded .grad): backward is then not restricted to them.
+    inputs = None if _sharded(model) else params
     saved = [p.grad for p in params]
     for p in params:
         p.grad = None
@@ -327,9 +330,9 @@ def _train_module(
                     raise NonFiniteLossError(val, i)
                 if isinstance(lossval, torch.Tensor) and lossval.requires_grad:
                     if scaler is None:
-                        torch.autograd.backward(lossval, inputs=params)
+                        torch.autograd.backward(lossval, inputs=inputs)
                     else:
-                        torch.autograd.backward(scaler.scale(lossval), inputs=params)
+                        torch.autograd.backward(scaler.scale(lossval), inputs=inputs)
                     # A loss can require grad through other tensors and miss every parameter;
                     # checked on the first item only, to keep the loop free of per-step walks.
                     if i == 0 and not any(p.grad is not None for p in params):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import _losscall
-from ..gradient import _gradient_tree, _split_output, gradient
+from ..gradient import _gradient_tree, _sharded, _split_output, gradient
 from ..mode import differentiating
 from ..optimisers import update_
 from ..optimisers.state import unwrap
@@ -271,6 +271,7 @@ def _module_step(learner: Any, keywords: bool = False) -> Any:
     """
     model = unwrap(learner.model)
     params = [p for p in model.parameters() if p.requires_grad]
+    inputs = None if _sharded(learner.model) else params  # FSDP: see ft.train_
 
     def run(handle: Handle, state: StepState) -> None:
         for p in params:
@@ -283,7 +284,7 @@ def _module_step(learner: Any, keywords: bool = False) -> Any:
         handle(BackwardBegin())
         loss, _ = _split_output(state.loss)
         if isinstance(loss, torch.Tensor) and loss.requires_grad:
-            torch.autograd.backward(loss, inputs=params)
+            torch.autograd.backward(loss, inputs=inputs)
         state.grads = _gradient_tree(model, {id(p): p.grad for p in params})
         state.loss = _detached(state.loss)
         state.ys_pred = _detached(state.ys_pred)

@@ -24,9 +24,15 @@ Design (see docs/engine.md for the measurements behind it):
      of one leaf skips the gathering.
 
   No path loops in Python over parameters per elementwise operation.
-* Tensors that are not plain dense tensors (FSDP2's ``DTensor`` and other subclasses) are
-  updated one leaf at a time with ``rule.apply``, whose torch operations they implement; a
-  per-array norm of a sharded parameter is then the norm of the whole array.
+* Sharded parameters (FSDP2's ``DTensor``; an ``nn.Parameter`` holding one is not "dense"):
+  when the rule works element by element (every rule but a per-array ClipNorm, or a user's
+  rule, whose maths may need the whole array) and the gradient and state are sharded like the
+  parameter, the rule runs on the local shards, grouped with the dense leaves (so fused
+  kernels apply); the state's DTensors are updated in place through them.  Otherwise the leaf
+  is updated on its own with ``rule.apply`` on the DTensors, whose torch operations DTensor
+  implements; a norm is then reduced over the ranks (``full_tensor()``), so a per-array or
+  global ClipNorm sees the whole array, never a local shard.  Other tensor subclasses go one
+  leaf at a time too.
 * **Atomic.**  Every check that can fail (gradient kinds, throwing ClipNorms at the head of a
   chain, global norms) runs before the first parameter changes.  A group whose rule can still
   raise after it started mutating (a throwing ClipNorm after a stateful rule in a chain, or a
@@ -215,9 +221,15 @@ def _norms(dxs: list[torch.Tensor], p: float) -> list[torch.Tensor]:
     return [torch.linalg.vector_norm(d, p) for d in dxs]
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: a DTensor (the norm of a sharded gradient is partial on each rank) is
+    reduced over the ranks with ``full_tensor()``, so checks see the whole array's value."""
+    full = getattr(t, "full_tensor", None)
+    return full() if full is not None else t
+
+
 def _as_float(t: torch.Tensor) -> float:
-    full = getattr(t, "full_tensor", None)  # a DTensor norm: reduce over the shards
-    return float(full() if full is not None else t)
+    return float(_full(t))
 
 
 def first_nonfinite(named: list[tuple[Any, torch.Tensor]]) -> Any:
@@ -268,7 +280,7 @@ def _by_rule_property(items: list[Work], prop: Any) -> dict[Any, list[Work]]:
 def _check_head_clips(items: list[Work]) -> None:
     by_clip = _by_rule_property(items, _head_clip)
     for clip, ws in by_clip.items():
-        norms = _norms([w.dx for w in ws], clip.p)
+        norms = [_full(n) for n in _norms([w.dx for w in ws], clip.p)]
         finite = torch.isfinite(torch.stack([n.double() for n in norms]))
         if not bool(finite.all()):
             bad = ws[int((~finite).nonzero()[0])]
@@ -311,9 +323,17 @@ class Group:
         return [str(w.path) for w in self.items]
 
 
+def _dense(t: torch.Tensor) -> bool:
+    """A plain dense tensor (or a Parameter of one).  FSDP2's parameters are Parameters
+    holding a ``DTensor``: ``isinstance(p, nn.Parameter)`` is true for them, so the check is on
+    the type of the data inside."""
+    if isinstance(t, torch.nn.Parameter):
+        t = t.data
+    return type(t) is torch.Tensor
+
+
 def _group_key(w: Work) -> tuple:
-    dense = type(w.x) is torch.Tensor or isinstance(w.x, torch.nn.Parameter)
-    kind = "dense" if dense else id(w)  # subclasses (DTensor...) go one leaf at a time
+    kind = "dense" if _dense(w.x) else id(w)  # subclasses (DTensor...) go one leaf at a time
     return (w.leaf.rule, w.x.dtype, w.x.device, kind, _scalars(w.leaf.state))
 
 
@@ -322,6 +342,91 @@ def group(items: list[Work]) -> list[Group]:
     for w in items:
         by_key[_group_key(w)].append(w)
     return [Group(ws[0].leaf.rule, ws) for ws in by_key.values()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded parameters (FSDP2's DTensor): elementwise rules run on the local shards
+
+
+class _LocalLeaf:
+    """A stand-in for the Leaf of a sharded parameter while its rule runs on local shards: its
+    state holds the local tensors of the Leaf's DTensors (the same storage)."""
+
+    __slots__ = ("back", "frozen", "leaf", "rule", "state")
+
+    def __init__(self, leaf: Any, state: Any, back: dict[int, torch.Tensor]) -> None:
+        self.leaf, self.rule, self.state, self.frozen, self.back = (
+            leaf,
+            leaf.rule,
+            state,
+            False,
+            back,
+        )
+
+
+def _elementwise(rule: Rule) -> bool:
+    """True if every part of ``rule`` works element by element, so that running it on each
+    rank's shard is running it on the whole array (a per-array ClipNorm needs the whole norm,
+    a user's rule might too; a global ClipNorm was applied before the rules run)."""
+    for r in rules_in(rule):
+        if isinstance(r, ClipNorm) and r.scope == "array":
+            return False
+        if not isinstance(r, _KNOWN) and getattr(r, "inner_rules", None) is None:
+            return False
+    return True
+
+
+def _data(t: torch.Tensor) -> torch.Tensor:
+    return t.data if isinstance(t, torch.nn.Parameter) else t
+
+
+def _localise(w: Work) -> Work | None:
+    """``w`` on the local shards of its sharded parameter, gradient and state, when they are
+    all DTensors sharded alike and the rule is elementwise; else ``None``."""
+    x, dx = _data(w.x), w.dx
+    spec = getattr(x, "placements", None), getattr(x, "device_mesh", None)
+    if spec[0] is None or not _elementwise(w.leaf.rule):
+        return None
+    if (getattr(dx, "placements", None), getattr(dx, "device_mesh", None)) != spec:
+        return None
+    back: dict[int, torch.Tensor] = {}
+    parts = []
+    for a in atoms(w.leaf.state):
+        if isinstance(a, torch.Tensor):
+            if (getattr(a, "placements", None), getattr(a, "device_mesh", None)) != spec:
+                return None
+            local = a.to_local()
+            back[id(local)] = a
+            a = local
+        parts.append(a)
+    proxy = _LocalLeaf(w.leaf, fill(w.leaf.state, parts), back)
+    return Work(proxy, x.to_local(), [], w.path, dx.to_local())
+
+
+def _globalise(w: Work, x: torch.Tensor) -> None:
+    """Give the Leaf behind ``w`` (an item made by ``_localise``) its new state, whose tensors
+    are again its DTensors (updated in place through their local shards)."""
+    proxy = w.leaf
+    old = atoms(proxy.leaf.state)
+    parts = []
+    for i, a in enumerate(atoms(proxy.state)):
+        if isinstance(a, torch.Tensor):
+            dt = proxy.back.get(id(a))
+            if dt is None and i < len(old) and id(old[i]) in {id(v) for v in proxy.back.values()}:
+                dt = old[i]  # the same slot: a rule returned a new tensor, kept in the old one
+                if dt.to_local().shape == a.shape:
+                    dt.to_local().copy_(a)
+                else:
+                    dt = None
+            if dt is None:  # a new tensor of another shape: a shard laid out like the parameter
+                from torch.distributed.tensor import DTensor
+
+                dt = DTensor.from_local(
+                    a, x.device_mesh, x.placements, shape=x.shape, stride=x.stride()
+                )
+            a = dt
+        parts.append(a)
+    proxy.leaf.state = fill(proxy.state, parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,6 +580,10 @@ def _pieces(flat: torch.Tensor, items: list[Work]) -> list[torch.Tensor]:
 
 
 def _run_group(g: Group) -> None:
+    if not all(_dense(w.x) and _dense(w.dx) for w in g.items):
+        for w in g.items:  # DTensors: the rule's torch ops, which DTensor implements
+            _run_single(w)
+        return
     if _try_fused(g):
         return
     from . import compiled
@@ -524,23 +633,39 @@ def step(items: list[Work], check_finite: bool = False) -> None:
             _check_finite(items)
         _check_head_clips(items)
         _apply_global_clips(items)
-        groups = group(items)
-        risky = [g for g in groups if _may_raise_midway(g.rule)]
-        safe = [g for g in groups if not _may_raise_midway(g.rule)]
-        if risky:
-            saved = [(g, _snapshot(g), [w.leaf.state for w in g.items]) for g in risky]
-            try:
-                for g in risky:
-                    _run_group(g)
-            except BaseException:
-                for g, pairs, states in saved:
-                    for dst, src in pairs:
-                        dst.copy_(src)
-                    for w, s in zip(g.items, states):
-                        w.leaf.state = s
-                raise
-        for g in safe:
-            _run_group(g)
+        # Sharded leaves whose rules are elementwise run on their local shards, grouped with
+        # the rest (fused kernels included); the others go one leaf at a time on DTensors.
+        local: list[tuple[Work, torch.Tensor]] = []
+        for i, w in enumerate(items):
+            if not _dense(w.x):
+                lw = _localise(w)
+                if lw is not None:
+                    local.append((lw, _data(w.x)))
+                    items[i] = lw
+        _run_groups(items)
+        for lw, x in local:
+            _globalise(lw, x)
+
+
+def _run_groups(items: list[Work]) -> None:
+    """Group the checked items and run the groups, risky ones first with a way back."""
+    groups = group(items)
+    risky = [g for g in groups if _may_raise_midway(g.rule)]
+    safe = [g for g in groups if not _may_raise_midway(g.rule)]
+    if risky:
+        saved = [(g, _snapshot(g), [w.leaf.state for w in g.items]) for g in risky]
+        try:
+            for g in risky:
+                _run_group(g)
+        except BaseException:
+            for g, pairs, states in saved:
+                for dst, src in pairs:
+                    dst.copy_(src)
+                for w, s in zip(g.items, states):
+                    w.leaf.state = s
+            raise
+    for g in safe:
+        _run_group(g)
 
 
 def run(items: list[Work]) -> None:

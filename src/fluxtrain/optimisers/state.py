@@ -81,14 +81,36 @@ def _short(state: Any) -> str:
 
 
 def unwrap(model: Any) -> Any:
-    """The model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    """The model inside DistributedDataParallel / DataParallel / FSDP1's FullyShardedDataParallel
+    / torch.compile wrappers.
+
+    Example:
+        >>> import torch
+        >>> m = torch.nn.Linear(1, 1)
+        >>> unwrap(torch.nn.DataParallel(m)) is m
+        True
+    """
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif _is_fsdp1(model):
             model = model.module
         elif isinstance(model, nn.Module) and hasattr(model, "_orig_mod"):
             model = model._orig_mod
         else:
             return model
+
+
+def _is_fsdp1(model: Any) -> bool:
+    """True for FSDP1's ``FullyShardedDataParallel`` wrapper (FSDP2's ``fully_shard`` keeps the
+    model's own class, so there is nothing to unwrap for it)."""
+    if type(model).__name__ != "FullyShardedDataParallel":
+        return False  # the import below is slow: only done for a likely candidate
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:
+        return False
+    return isinstance(model, FullyShardedDataParallel)
 
 
 def leaves(tree: Any) -> Iterator[Leaf]:
@@ -594,6 +616,20 @@ def reset_(tree: Any) -> None:
         tree._reset_()
         return
     for leaf in leaves(tree):
-        shape, dtype, device = leaf._like
-        template = torch.zeros(shape, dtype=dtype, device=device)
-        leaf.state = _assign_state(leaf.state, leaf.rule.init(template))
+        leaf.state = _assign_state(leaf.state, leaf.rule.init(_template(leaf)))
+
+
+def _template(leaf: Leaf) -> torch.Tensor:
+    """Zeros shaped like the Leaf's parameter, for ``rule.init`` to rebuild its state.
+
+    The state of a sharded parameter (FSDP2's DTensor) is sharded like it: the template is then
+    a DTensor on the same mesh with the same placements, so each rank makes only its shard.
+    """
+    shape, dtype, device = leaf._like
+    for a in engine.atoms(leaf.state):
+        mesh = getattr(a, "device_mesh", None)
+        if mesh is not None and tuple(a.shape) == tuple(shape):
+            from torch.distributed.tensor import zeros
+
+            return zeros(shape, dtype=dtype, device_mesh=mesh, placements=a.placements)
+    return torch.zeros(shape, dtype=dtype, device=device)

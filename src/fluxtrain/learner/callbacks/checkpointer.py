@@ -2,7 +2,9 @@
 
 Files go through ``fluxtrain.checkpoint.save(path, model=..., opt_state=..., learner=...)``
 (or a ``save_fn`` with that signature), so ``fit_(learner, n, resume=path)`` can continue the
-run.  Only the main process writes.  FluxTraining.jl ``src/callbacks/checkpointer.jl``.
+run.  Only the main process writes, except for a sharded model (FSDP2), whose checkpoint every
+rank writes its shards of (``ft.save`` makes it a directory, see ``fluxtrain.sharded_checkpoint``).
+FluxTraining.jl ``src/callbacks/checkpointer.jl``.
 """
 
 from __future__ import annotations
@@ -150,8 +152,15 @@ class Checkpointer(Callback):
                 return
             self._epochs += 1
             epoch = self._epochs
-        if epoch % self.every == 0 and distributed.is_main_process():
+        if epoch % self.every == 0 and (distributed.is_main_process() or self._sharded(learner)):
             self.save(learner, self.folder / self.filename.format(epoch=epoch))
+
+    @staticmethod
+    def _sharded(learner: Any) -> bool:
+        """A sharded model (FSDP2) is saved by every rank, each writing its own shards."""
+        from ...sharded_checkpoint import is_sharded
+
+        return is_sharded(learner.model, learner.opt_state)
 
     def _ranked(self, path: Path) -> list[tuple[float, Path]]:
         """``best`` with ``path`` entered at this epoch's metric value, best first."""
@@ -187,9 +196,10 @@ class Checkpointer(Callback):
         except BaseException:
             self.saved, self.best = before
             raise
-        for p in written:
-            if p not in kept:
-                _remove(p)
+        if distributed.is_main_process():  # every rank keeps the same lists; rank 0 deletes
+            for p in written:
+                if p not in kept:
+                    _remove(p)
 
     def state_dict(self) -> dict[str, Any]:
         return {
