@@ -125,7 +125,35 @@ def dataloader_section(d: dict[str, Any]) -> list[str]:
     ]
 
 
+def distributed_section(d: dict[str, Any]) -> list[str]:
+    """Per-rank parameter and optimiser-state bytes under FSDP2, fluxtrain against torch.optim."""
+    base = {r["optimiser"]: r["state_bytes"] for r in d["results"] if r["world"] == 1}
+    rows = [
+        [
+            str(r["world"]),
+            str(r["rank"]),
+            r["optimiser"],
+            f"{r['param_bytes'] / 2**20:.1f}",
+            f"{r['state_bytes'] / 2**20:.1f}",
+            f"{r['state_bytes'] / base[r['optimiser']]:.2f}",
+            f"{r['peak_rss'] / 2**20:.0f}",
+            f"{r['step_seconds'] * 1e3:.0f}",
+        ]
+        for r in d["results"]
+    ]
+    n = d["results"][0]["parameters"] / 1e6
+    header = ["world", "rank", "optimiser", "params MiB/rank", "state MiB/rank",
+              "state vs world 1", "peak RSS MiB", "update ms"]  # fmt: skip
+    return [
+        f"FSDP2 memory per rank, `python bench/distributed.py` (Adam, {n:.1f}M float32 "
+        "parameters, gloo on CPU):",
+        "",
+        *_table(header, rows),
+    ]
+
+
 SECTIONS = {
+    "distributed.json": distributed_section,
     "optimisers.json": optimisers_section,
     "loop.json": loop_section,
     "dataloader.json": dataloader_section,

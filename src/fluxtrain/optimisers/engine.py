@@ -241,10 +241,24 @@ def first_nonfinite(named: list[tuple[Any, torch.Tensor]]) -> Any:
         return None
     tensors = [t.detach() for _, t in named]
     plain = all(type(t) is torch.Tensor for t in tensors)
-    if plain and len({(t.device, t.dtype) for t in tensors}) == 1:
+    if (
+        plain
+        and len({t.device for t in tensors}) == 1
+        and all(t.is_floating_point() and t.is_contiguous() for t in tensors)
+    ):
+        # PyTorch's fused check for loss scaling (one multi-tensor pass), with a scale of 1:
+        # the values it writes back are the values it read, bit for bit.
+        found = torch.zeros(1, device=tensors[0].device)
+        torch._amp_foreach_non_finite_check_and_unscale_(
+            tensors, found, torch.ones(1, device=found.device)
+        )
+        if not bool(found):
+            return None  # the common case: one pass, one read of a flag
+        finite = torch.stack([torch.isfinite(t).all() for t in tensors]).cpu()
+    elif plain and len({(t.device, t.dtype) for t in tensors}) == 1:
         peaks = torch.stack(torch._foreach_norm(tensors, math.inf))
         if bool(torch.isfinite(peaks).all()):
-            return None  # the common case: one reduction, one read
+            return None
         finite = torch.isfinite(peaks).cpu()
     else:
         norms = [torch.linalg.vector_norm(t, math.inf) for t in tensors]
