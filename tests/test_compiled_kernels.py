@@ -151,3 +151,23 @@ def test_the_kernel_for_float32_parameters_matches_the_eager_maths(compile_every
         engine.run_reference(_collect(s_ref, ref, g, use_dot_grad=False))
     for k in fast:
         torch.testing.assert_close(fast[k], ref[k], rtol=2e-6, atol=1e-7)
+
+
+def test_new_storage_or_a_reset_state_after_a_compiled_step_is_followed(compile_everything):
+    fast, ref = model(), model()
+    rule = ft.Momentum(0.1)
+    s_fast, s_ref = ft.setup(rule, fast), ft.setup(rule, ref)
+    g = grads(fast, 0)
+    ft.update_(s_fast, fast, g)
+    engine.run_reference(_collect(s_ref, ref, g, use_dot_grad=False))
+    # the user gives a parameter new memory, and resets one leaf's momentum
+    fast["w"].data = fast["w"].data.clone()
+    ref["w"].data = ref["w"].data.clone()
+    ft.reset_(s_fast["v"])
+    ft.reset_(s_ref["v"])
+    for step in (1, 2):
+        g = grads(fast, step)
+        ft.update_(s_fast, fast, g)
+        engine.run_reference(_collect(s_ref, ref, g, use_dot_grad=False))
+    for k in fast:
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-12, atol=1e-12)

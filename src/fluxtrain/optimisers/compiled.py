@@ -258,11 +258,7 @@ def try_compiled(g: Any) -> bool:
     small = [w for w in items if w.x.numel() < settings.big_numel]
     if sum(w.x.numel() for w in small) < 2:
         big, small = items, []  # a lone tiny tensor would make dynamic shapes specialise
-    entries = [
-        ([_flat(a) if isinstance(a, torch.Tensor) else a for a in atoms(inner(w))],
-         _flat(w.x), _flat(w.dx))
-        for w in big
-    ]  # fmt: skip
+    entries = [(*_aliases(w, inner(w)), _flat(w.dx)) for w in big]
     scatter = _gather_small(small, inner, entries) if small else None
     k = settings.chunk
     pad = _padding(template, x0, k - (len(entries) % k or k))
@@ -287,6 +283,8 @@ def try_compiled(g: Any) -> bool:
         outs = got if outs is None else outs
     if scatter is not None:
         torch._foreach_copy_(*scatter)
+    if not scalar_pos and not scheduled:
+        return True  # the state's tensors were updated in place; nothing else changed
     new_scalars = {i: _from_tensor(v, template[i]) for i, v in zip(scalar_pos, outs)}
     for w in items:
         parts = list(atoms(inner(w)))
@@ -294,7 +292,25 @@ def try_compiled(g: Any) -> bool:
             parts[i] = v
         new = fill(leaf_state, parts)
         w.leaf.state = (w.leaf.state[0] + 1, new) if scheduled else new
+        cache = w.leaf._kernel_cache
+        if cache is not None:
+            w.leaf._kernel_cache = (new, *cache[1:])  # same tensors, new scalars
     return True
+
+
+def _aliases(w: Any, state: Any) -> tuple[list[Any], torch.Tensor]:
+    """The 1-D aliases of a leaf's state tensors and parameter, kept on the Leaf between steps
+    while its state (as this module last wrote it) and the parameter's memory are the same."""
+    from .engine import atoms
+
+    cache = w.leaf._kernel_cache
+    ptr = w.x.data_ptr()
+    if cache is not None and cache[0] is state and cache[1] == ptr:
+        return cache[2], cache[3]
+    parts = [_flat(a) if isinstance(a, torch.Tensor) else a for a in atoms(state)]
+    x = _flat(w.x)
+    w.leaf._kernel_cache = (state, ptr, parts, x)
+    return parts, x
 
 
 def _gather_small(items: list[Any], inner: Any, entries: list) -> tuple[list, list]:

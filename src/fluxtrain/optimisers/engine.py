@@ -161,7 +161,7 @@ def follow_parameter(w: Work) -> None:
     like = leaf._like
     if like is None:
         return
-    if tuple(like[0]) != tuple(x.shape):
+    if like[0] != x.shape and tuple(like[0]) != tuple(x.shape):
         raise ShapeChangedError(
             f"the parameter at {w.path} has shape {tuple(x.shape)} but its optimiser state was "
             f"set up for shape {tuple(like[0])} (was it resized or replaced after setup?); "
@@ -366,7 +366,7 @@ class _LocalLeaf:
     """A stand-in for the Leaf of a sharded parameter while its rule runs on local shards: its
     state holds the local tensors of the Leaf's DTensors (the same storage)."""
 
-    __slots__ = ("back", "frozen", "leaf", "rule", "state")
+    __slots__ = ("_kernel_cache", "back", "frozen", "leaf", "rule", "state")
 
     def __init__(self, leaf: Any, state: Any, back: dict[int, torch.Tensor]) -> None:
         self.leaf, self.rule, self.state, self.frozen, self.back = (
@@ -376,6 +376,7 @@ class _LocalLeaf:
             False,
             back,
         )
+        self._kernel_cache = None
 
 
 def _elementwise(rule: Rule) -> bool:

@@ -49,7 +49,7 @@ class Leaf:
         Leaf(Momentum(eta=0.1, rho=0.9), tensor([0., 0.]))
     """
 
-    __slots__ = ("__weakref__", "_like", "_plan", "frozen", "rule", "state")
+    __slots__ = ("__weakref__", "_kernel_cache", "_like", "_plan", "frozen", "rule", "state")
 
     def __init__(self, rule: Rule, state: Any, frozen: bool = False, like: Any = None):
         self.rule = rule
@@ -58,6 +58,7 @@ class Leaf:
         # (shape, dtype, device) of the parameter, so that reset_ can rebuild the state and
         # the engine can follow a parameter moved to another dtype or device.
         self._like = like
+        self._kernel_cache: Any = None  # the compiled kernels' views of this leaf's tensors
 
     def __repr__(self) -> str:
         extra = ", frozen=True" if self.frozen else ""
