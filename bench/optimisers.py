@@ -148,7 +148,10 @@ def memory_child(layout: str, impl: str, rule: str, scale: float) -> None:
         Path("/proc/self/clear_refs").write_text("5")
         before = peak()
         warm = fresh(layouts(0.01)["10 x 1M"])
+        settings = compiled.configure()
+        compiled.configure(min_numel=1)  # the warm-up model is small: compile it anyway
         ours(rule, warm)()
+        compiled.configure(min_numel=settings["min_numel"])
         print(f"compile {peak() - before}")
     model = fresh(layouts(scale)[layout])
     # Peak RSS after the model and its gradients exist: only the optimiser's growth is counted.
@@ -184,6 +187,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "optimisers.json"))
     parser.add_argument("--memory-child", nargs=4, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-only", action="store_true", help="measure memory again into the existing --out"
+    )
     args = parser.parse_args()
     if args.memory_child:
         layout, impl, rule, scale = args.memory_child
@@ -199,7 +205,13 @@ def main() -> None:
         chosen = {k: v for k, v in chosen.items() if k in args.layouts.split(",")}
     rows = []
     compile_seconds = {}
-    for case, make in chosen.items():
+    if args.memory_only:
+        previous = json.loads(Path(args.out).read_text())
+        rows = previous["rows"]
+        compile_seconds = {tuple(k.split(" / ")): v for k, v in previous["compile_seconds"].items()}
+        rounds = previous["rounds"]
+        chosen = {k: v for k, v in chosen.items() if k in {r["layout"] for r in rows}}
+    for case, make in chosen.items() if not args.memory_only else ():
         probe = make()
         n = sum(p.numel() for p in probe.parameters())
         ntensors = len(list(probe.parameters()))
