@@ -214,7 +214,7 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 def try_compiled(g: Any) -> bool:
     """Update group ``g`` with its compiled kernel; ``False`` if it should run eagerly."""
-    from .engine import atoms, fill
+    from .engine import atoms
 
     if not settings.enabled:
         return False
@@ -246,10 +246,7 @@ def try_compiled(g: Any) -> bool:
     kernel = _kernel_for(key, scalar_pos)
     hyper = _as_tensors(rule)
     scalars = {i: _scalar_tensor(template[i]) for i in scalar_pos if template[i] is not None}
-
-    def with_scalars(state_parts: list[Any]) -> Any:
-        parts = [scalars.get(i, a) if i in scalar_pos else a for i, a in enumerate(state_parts)]
-        return fill(leaf_state, parts)
+    with_scalars = _swapper(leaf_state, scalars)
 
     def inner(w: Any) -> Any:
         return w.leaf.state[1] if scheduled else w.leaf.state
@@ -258,10 +255,10 @@ def try_compiled(g: Any) -> bool:
     small = [w for w in items if w.x.numel() < settings.big_numel]
     if sum(w.x.numel() for w in small) < 2:
         big, small = items, []  # a lone tiny tensor would make dynamic shapes specialise
-    entries = [(*_aliases(w, inner(w)), _flat(w.dx)) for w in big]
+    entries = [(*_aliases(w, inner(w))[:2], _flat(w.dx)) for w in big]
     scatter = _gather_small(small, inner, entries) if small else None
     k = settings.chunk
-    pad = _padding(template, x0, k - (len(entries) % k or k))
+    pad = _padding(leaf_state, x0, k - (len(entries) % k or k))
     entries += pad
     outs = None
     for start in range(0, len(entries), k):
@@ -286,11 +283,9 @@ def try_compiled(g: Any) -> bool:
     if not scalar_pos and not scheduled:
         return True  # the state's tensors were updated in place; nothing else changed
     new_scalars = {i: _from_tensor(v, template[i]) for i, v in zip(scalar_pos, outs)}
+    renew = _swapper(leaf_state, new_scalars)
     for w in items:
-        parts = list(atoms(inner(w)))
-        for i, v in new_scalars.items():
-            parts[i] = v
-        new = fill(leaf_state, parts)
+        new = renew(inner(w))
         w.leaf.state = (w.leaf.state[0] + 1, new) if scheduled else new
         cache = w.leaf._kernel_cache
         if cache is not None:
@@ -298,51 +293,90 @@ def try_compiled(g: Any) -> bool:
     return True
 
 
-def _aliases(w: Any, state: Any) -> tuple[list[Any], torch.Tensor]:
-    """The 1-D aliases of a leaf's state tensors and parameter, kept on the Leaf between steps
-    while its state (as this module last wrote it) and the parameter's memory are the same."""
-    from .engine import atoms
+def _aliases(w: Any, state: Any) -> tuple[Any, torch.Tensor, list[Any]]:
+    """The leaf's state with 1-D aliases of its tensors, the parameter's 1-D alias, and the
+    aliased state's atoms; kept on the Leaf between steps while its state (as this module last
+    wrote it) and the parameter's memory are the same.  (The scalars in the aliased state are
+    stale: the kernel call swaps in the current ones.)"""
+    from .engine import atoms, fill
 
     cache = w.leaf._kernel_cache
     ptr = w.x.data_ptr()
     if cache is not None and cache[0] is state and cache[1] == ptr:
-        return cache[2], cache[3]
+        return cache[2], cache[3], cache[4]
     parts = [_flat(a) if isinstance(a, torch.Tensor) else a for a in atoms(state)]
-    x = _flat(w.x)
-    w.leaf._kernel_cache = (state, ptr, parts, x)
-    return parts, x
+    aliased, x = fill(state, parts), _flat(w.x)
+    w.leaf._kernel_cache = (state, ptr, aliased, x, parts)
+    return aliased, x, parts
+
+
+def _swapper(template: Any, values: dict[int, Any]) -> Any:
+    """A function giving a state like ``template`` with its scalars at the given atom positions
+    replaced by ``values``; scalar-only parts are built once and shared, so that rewriting the
+    state of every leaf of a group costs a tuple each (the leaves of a group share scalars)."""
+
+    def plan(t: Any, pos: int) -> tuple[tuple, int]:
+        if isinstance(t, tuple):
+            subs = []
+            for e in t:
+                p, pos = plan(e, pos)
+                subs.append(p)
+            if all(p[0] == "const" for p in subs):
+                return ("const", tuple(p[1] for p in subs)), pos
+            if all(p[0] == "keep" for p in subs):
+                return ("keep",), pos
+            return ("tuple", subs), pos
+        if pos in values:
+            return ("const", values[pos]), pos + 1
+        return ("keep",), pos + 1
+
+    def apply(p: tuple, s: Any) -> Any:
+        if p[0] == "keep":
+            return s
+        if p[0] == "const":
+            return p[1]
+        return tuple(apply(q, e) for q, e in zip(p[1], s))
+
+    top, _ = plan(template, 0)
+    if top[0] == "keep":
+        return lambda s: s
+    if top[0] == "tuple" and all(q[0] != "tuple" for q in top[1]):
+        kinds = [(q[0] == "keep", q[1] if q[0] == "const" else None) for q in top[1]]
+        return lambda s: tuple(e if keep else c for (keep, c), e in zip(kinds, s))
+    return lambda s: apply(top, s)
 
 
 def _gather_small(items: list[Any], inner: Any, entries: list) -> tuple[list, list]:
     """Add one entry holding the small tensors gathered flat; return the copies that put the
     results back (outputs, inputs) for ``torch._foreach_copy_``."""
-    from .engine import atoms, gather
+    from .engine import fill, gather
 
-    per_leaf = [atoms(inner(w)) for w in items]
-    slots = [i for i, a in enumerate(per_leaf[0]) if isinstance(a, torch.Tensor)]
-    parts = list(per_leaf[0])
+    al = [_aliases(w, inner(w)) for w in items]  # 1-D aliases, kept between steps
+    slots = [i for i, a in enumerate(al[0][2]) if isinstance(a, torch.Tensor)]
+    parts = list(al[0][2])
     for i in slots:
-        parts[i] = gather([p[i] for p in per_leaf], i)
-    x = gather([w.x for w in items], "x")
+        parts[i] = gather([a[2][i] for a in al], i)
+    xs = [a[1] for a in al]
+    x = gather(xs, "x")
     dx = gather([w.dx for w in items], "dx")
-    entries.append((parts, x, dx))
-    sizes = [w.x.numel() for w in items]
-    outs = [w.x for w in items]
-    ins = [v.view(w.x.shape) for v, w in zip(x.split(sizes), items)]
-    for i in slots:
-        outs += [p[i] for p in per_leaf]
-        ins += [v.view(p[i].shape) for v, p in zip(parts[i].split(sizes), per_leaf)]
+    entries.append((fill(inner(items[0]), parts), x, dx))
+    sizes = [t.numel() for t in xs]
+    outs = xs + [a[2][i] for i in slots for a in al]
+    ins = list(x.split(sizes)) + [v for i in slots for v in parts[i].split(sizes)]
     return outs, ins
 
 
 _pads: dict[tuple, list] = {}
 
 
-def _padding(template: list[Any], like: torch.Tensor, n: int) -> list:
+def _padding(state: Any, like: torch.Tensor, n: int) -> list:
     """``n`` throwaway entries of two elements that fill the last chunk (one compiled kernel
     serves every number of parameters); their values are never read."""
+    from .engine import atoms, fill
+
     if n == 0:
         return []
+    template = atoms(state)
     key = (like.dtype, like.device, tuple(isinstance(a, torch.Tensor) for a in template), n)
     pad = _pads.get(key)
     if pad is None:
@@ -351,7 +385,8 @@ def _padding(template: list[Any], like: torch.Tensor, n: int) -> list:
             return torch.zeros(2, dtype=like.dtype, device=like.device)
 
         pad = _pads[key] = [
-            ([two() if isinstance(a, torch.Tensor) else a for a in template], two(), two())
+            (fill(state, [two() if isinstance(a, torch.Tensor) else a for a in template]),
+             two(), two())
             for _ in range(n)
-        ]
+        ]  # fmt: skip
     return pad

@@ -546,7 +546,7 @@ def gather(tensors: list[torch.Tensor], slot: Any) -> torch.Tensor:
         if len(_scratch_pool) > 64:
             _scratch_pool.clear()
         buf = _scratch_pool[key] = torch.empty(numel, dtype=t0.dtype, device=t0.device)
-    return torch.cat([t.reshape(-1) for t in tensors], out=buf)
+    return torch.cat([t if t.dim() == 1 else t.reshape(-1) for t in tensors], out=buf)
 
 
 def _apply_gathered(g: Group) -> None:
