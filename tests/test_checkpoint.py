@@ -598,6 +598,8 @@ def _open_fifo_writer_later(fifo, stop):
         return
 
 
+# /dev/zero, /dev/urandom and FIFOs exist only on POSIX systems (CI runs Linux, where this test
+# always runs); elsewhere there is nothing of the kind to refuse.
 @pytest.mark.skipif(os.name != "posix", reason="devices and FIFOs are POSIX")
 @pytest.mark.parametrize("kind", ["dev_zero", "dev_urandom", "fifo", "directory"])
 def test_load_refuses_what_is_not_a_regular_file_without_reading_it(kind, tmp_path):
