@@ -431,6 +431,48 @@ def _signature(x: Any) -> Any:
     return type(x).__name__
 
 
+def _opt_state_entries(opt_state: Any, w: Any) -> dict[str, Any]:
+    """The header entry of each Leaf by its path (a tied Leaf refers to its first path), its
+    tensors handed to the writer ``w``; shared by the single-file and sharded formats."""
+    leaves: dict[str, Any] = {}
+    first_path: dict[int, str] = {}
+    for p, leaf in _state_leaves(opt_state):
+        if id(leaf) in first_path:
+            leaves[p] = {"same_as": first_path[id(leaf)]}
+            continue
+        first_path[id(leaf)] = p
+        like = leaf._like
+        leaves[p] = {
+            "rule": _encode(leaf.rule, f"opt_state.{p}.rule", w),
+            "frozen": bool(leaf.frozen),
+            "state": _encode(leaf.state, f"opt/{p}", w),
+            "like": None if like is None else [list(like[0]), _dtype_name(like[1])],
+        }
+    return leaves
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _like_mismatch(p: str, leaf: Leaf, entry: dict, param: Any) -> tuple[Any, str | None]:
+    """The (shape, dtype, device) the Leaf at ``p`` is for (from setup, else its parameter),
+    and what is wrong if the saved state was made for another shape or dtype."""
+    like = leaf._like
+    if like is None and param is not None:
+        like = (param.shape, param.dtype, param.device)
+    saved_like = entry.get("like")
+    if like is not None and saved_like is not None:
+        shape, dtype = list(saved_like[0]), saved_like[1]
+        if shape != list(like[0]) or dtype != _dtype_name(like[1]):
+            return like, (
+                f"the optimiser state at {p} is for a parameter of shape {shape} and dtype "
+                f"{dtype}, but the parameter there has shape {list(like[0])} and dtype "
+                f"{_dtype_name(like[1])}"
+            )
+    return like, None
+
+
 def _expected_signature(rule: Rule, shape: tuple, dtype: torch.dtype, p: str, r: _Reader) -> Any:
     """The layout of ``rule``'s state for a parameter of ``shape`` and ``dtype``.
 
@@ -918,23 +960,7 @@ def save(
         structure["model"] = entries
 
     if opt_state is not None:
-        leaves: dict[str, Any] = {}
-        first_path: dict[int, str] = {}
-        for p, leaf in _state_leaves(opt_state):
-            if id(leaf) in first_path:
-                leaves[p] = {"same_as": first_path[id(leaf)]}
-                continue
-            first_path[id(leaf)] = p
-            like = leaf._like
-            leaves[p] = {
-                "rule": _encode(leaf.rule, f"opt_state.{p}.rule", w),
-                "frozen": bool(leaf.frozen),
-                "state": _encode(leaf.state, f"opt/{p}", w),
-                "like": None
-                if like is None
-                else [list(like[0]), str(like[1]).removeprefix("torch.")],
-            }
-        structure["opt_state"] = leaves
+        structure["opt_state"] = _opt_state_entries(opt_state, w)
 
     structure["rng"] = _encode(_rng_state(), "rng", w)
     structure["extra"] = {k: _encode(v, f"extra/{k}", w) for k, v in extra.items()}
@@ -1143,20 +1169,10 @@ def _plan_opt_state(opt_state, model, structure, r, problem, copies) -> None:
             decoded[p] = (rule, bool(entry.get("frozen", False)), state)
         rule, frozen, state = decoded[p]
 
-        like = leaf._like
-        if like is None and p in params:
-            x = params[p]
-            like = (x.shape, x.dtype, x.device)
-        saved_like = entry.get("like")
-        if like is not None and saved_like is not None:
-            shape, dtype = list(saved_like[0]), saved_like[1]
-            if shape != list(like[0]) or dtype != str(like[1]).removeprefix("torch."):
-                problem(
-                    f"the optimiser state at {p} is for a parameter of shape {shape} and dtype "
-                    f"{dtype}, but the parameter there has shape {list(like[0])} and dtype "
-                    f"{str(like[1]).removeprefix('torch.')}"
-                )
-                continue
+        like, wrong = _like_mismatch(p, leaf, entry, params.get(p))
+        if wrong is not None:
+            problem(wrong)
+            continue
         if like is not None:
             key = (rule, tuple(like[0]), like[1])
             if key not in expected_sigs:

@@ -197,23 +197,7 @@ def _structure(model: Any, opt_state: Any, w: C._Writer) -> dict:
     if model is not None:
         structure["model"] = {p: w.add(f"model/{p}", t) for p, t in C._model_tensors(model)}
     if opt_state is not None:
-        leaves: dict[str, Any] = {}
-        first_path: dict[int, str] = {}
-        for p, leaf in C._state_leaves(opt_state):
-            if id(leaf) in first_path:
-                leaves[p] = {"same_as": first_path[id(leaf)]}
-                continue
-            first_path[id(leaf)] = p
-            like = leaf._like
-            leaves[p] = {
-                "rule": C._encode(leaf.rule, f"opt_state.{p}.rule", w),
-                "frozen": bool(leaf.frozen),
-                "state": C._encode(leaf.state, f"opt/{p}", w),
-                "like": None
-                if like is None
-                else [list(like[0]), str(like[1]).removeprefix("torch.")],
-            }
-        structure["opt_state"] = leaves
+        structure["opt_state"] = C._opt_state_entries(opt_state, w)
     return structure
 
 
@@ -570,20 +554,11 @@ def _plan_opt_state(opt_state, model, structure, sizes, dests, finish, problem, 
         rec.asked.clear()
         state = C._decode(entry.get("state"), f"opt_state.{p}.state", r)
         names = list(rec.asked)
-        like = leaf._like
         x = params.get(p)
-        if like is None and x is not None:
-            like = (x.shape, x.dtype, x.device)
-        saved_like = entry.get("like")
-        if like is not None and saved_like is not None:
-            shape, dtype = list(saved_like[0]), saved_like[1]
-            if shape != list(like[0]) or dtype != str(like[1]).removeprefix("torch."):
-                problem(
-                    f"the optimiser state at {p} is for a parameter of shape {shape} and dtype "
-                    f"{dtype}, but the parameter there has shape {list(like[0])} and dtype "
-                    f"{str(like[1]).removeprefix('torch.')}"
-                )
-                continue
+        like, wrong = C._like_mismatch(p, leaf, entry, x)
+        if wrong is not None:
+            problem(wrong)
+            continue
         if like is not None:
             expected = C._expected_signature(rule, tuple(like[0]), like[1], p, r)
             if expected is not None and expected != C._signature(state):

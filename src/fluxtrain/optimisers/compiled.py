@@ -349,20 +349,19 @@ def _swapper(template: Any, values: dict[int, Any]) -> Any:
 def _gather_small(items: list[Any], inner: Any, entries: list) -> tuple[list, list]:
     """Add one entry holding the small tensors gathered flat; return the copies that put the
     results back (outputs, inputs) for ``torch._foreach_copy_``."""
-    from .engine import fill, gather
+    from .engine import fill, gather, gather_states, scatter
 
     al = [_aliases(w, inner(w)) for w in items]  # 1-D aliases, kept between steps
-    slots = [i for i, a in enumerate(al[0][2]) if isinstance(a, torch.Tensor)]
-    parts = list(al[0][2])
-    for i in slots:
-        parts[i] = gather([a[2][i] for a in al], i)
+    parts, slots = gather_states([a[2] for a in al])
     xs = [a[1] for a in al]
     x = gather(xs, "x")
     dx = gather([w.dx for w in items], "dx")
     entries.append((fill(inner(items[0]), parts), x, dx))
-    sizes = [t.numel() for t in xs]
-    outs = xs + [a[2][i] for i in slots for a in al]
-    ins = list(x.split(sizes)) + [v for i in slots for v in parts[i].split(sizes)]
+    outs: list[torch.Tensor] = []
+    ins: list[torch.Tensor] = []
+    scatter(x, xs, outs, ins)
+    for i in slots:
+        scatter(parts[i], [a[2][i] for a in al], outs, ins)
     return outs, ins
 
 

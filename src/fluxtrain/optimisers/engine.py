@@ -51,7 +51,7 @@ import torch
 
 from ..tree import KeyPath
 from . import rules as R
-from .rules import ClipNorm, NonFiniteGradientError, OptimiserChain, Rule, segments
+from .rules import ClipNorm, NonFiniteGradientError, OptimiserChain, Rule, segments, whole
 
 __all__ = ["Work", "run", "run_reference", "step"]
 
@@ -133,16 +133,20 @@ def _head_clip(rule: Rule) -> ClipNorm | None:
 _KNOWN = tuple(getattr(R, name) for name in R.__all__ if name != "Rule")
 
 
+def _unknown(r: Rule) -> bool:
+    """A rule whose maths fluxtrain cannot vouch for: neither one of rules.py nor a wrapper
+    (Scheduler) whose inner rules are listed."""
+    return not isinstance(r, _KNOWN) and getattr(r, "inner_rules", None) is None
+
+
 def _may_raise_midway(rule: Rule) -> bool:
     """True if ``rule`` can raise after it has started changing state or parameters."""
-    inner = rules_in(rule)
     head = _head_clip(rule)
-    for r in inner:
+    for r in rules_in(rule):
         if isinstance(r, ClipNorm) and r.throw and r is not head:
             return True
-        if not isinstance(r, _KNOWN) and getattr(r, "inner_rules", None) is None:
-            if type(r).__module__ != "fluxtrain.precision":
-                return True  # a user's rule: we cannot know
+        if _unknown(r) and type(r).__module__ != "fluxtrain.precision":
+            return True  # a user's rule: we cannot know (MixedPrecision only wraps)
     return False
 
 
@@ -221,21 +225,11 @@ def _norms(dxs: list[torch.Tensor], p: float) -> list[torch.Tensor]:
     return [torch.linalg.vector_norm(d, p) for d in dxs]
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A plain tensor: a DTensor (the norm of a sharded gradient is partial on each rank) is
-    reduced over the ranks with ``full_tensor()``, so checks see the whole array's value."""
-    full = getattr(t, "full_tensor", None)
-    return full() if full is not None else t
-
-
-def _as_float(t: torch.Tensor) -> float:
-    return float(_full(t))
-
-
 def first_nonfinite(named: list[tuple[Any, torch.Tensor]]) -> Any:
     """The name of the first tensor holding an Inf or NaN, or ``None``.
 
-    One multi-tensor max-abs reduction and one read of its result, however many tensors.
+    One multi-tensor pass and one read of its result, however many tensors; only when
+    something is not finite is each tensor looked at to name it.
     """
     if not named:
         return None
@@ -261,8 +255,7 @@ def first_nonfinite(named: list[tuple[Any, torch.Tensor]]) -> Any:
             return None
         finite = torch.isfinite(peaks).cpu()
     else:
-        norms = [torch.linalg.vector_norm(t, math.inf) for t in tensors]
-        norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]
+        norms = [whole(torch.linalg.vector_norm(t, math.inf)) for t in tensors]
         finite = torch.isfinite(torch.stack([n.double().cpu() for n in norms]))
         if bool(finite.all()):
             return None
@@ -294,14 +287,13 @@ def _by_rule_property(items: list[Work], prop: Any) -> dict[Any, list[Work]]:
 def _check_head_clips(items: list[Work]) -> None:
     by_clip = _by_rule_property(items, _head_clip)
     for clip, ws in by_clip.items():
-        norms = [_full(n) for n in _norms([w.dx for w in ws], clip.p)]
+        norms = [whole(n) for n in _norms([w.dx for w in ws], clip.p)]
         finite = torch.isfinite(torch.stack([n.double() for n in norms]))
         if not bool(finite.all()):
-            bad = ws[int((~finite).nonzero()[0])]
+            i = int((~finite).nonzero()[0])
             raise NonFiniteGradientError(
-                f"gradient at {bad.path} has {clip.p:g}-norm "
-                f"{float(norms[int((~finite).nonzero()[0])])} and its rule has a ClipNorm with "
-                f"throw=True; nothing was updated"
+                f"gradient at {ws[i].path} has {clip.p:g}-norm {float(norms[i])} and its rule "
+                f"has a ClipNorm with throw=True; nothing was updated"
             )
 
 
@@ -311,7 +303,7 @@ def _apply_global_clips(items: list[Work]) -> None:
     by_clip = _by_rule_property(items, _global_clip)
     factors = []
     for clip, ws in by_clip.items():
-        norms = [_as_float(n) for n in _norms([w.dx for w in ws], clip.p)]
+        norms = [float(whole(n)) for n in _norms([w.dx for w in ws], clip.p)]
         total = float(torch.linalg.vector_norm(torch.tensor(norms, dtype=torch.float64), clip.p))
         where = f"the arrays clipped together (first at {ws[0].path})"
         factors.append((ws, clip.factor(total, where)))  # raises before anything changed
@@ -384,9 +376,7 @@ def _elementwise(rule: Rule) -> bool:
     rank's shard is running it on the whole array (a per-array ClipNorm needs the whole norm,
     a user's rule might too; a global ClipNorm was applied before the rules run)."""
     for r in rules_in(rule):
-        if isinstance(r, ClipNorm) and r.scope == "array":
-            return False
-        if not isinstance(r, _KNOWN) and getattr(r, "inner_rules", None) is None:
+        if (isinstance(r, ClipNorm) and r.scope == "array") or _unknown(r):
             return False
     return True
 
@@ -549,6 +539,24 @@ def gather(tensors: list[torch.Tensor], slot: Any) -> torch.Tensor:
     return torch.cat([t if t.dim() == 1 else t.reshape(-1) for t in tensors], out=buf)
 
 
+def gather_states(per_leaf: list[list[Any]]) -> tuple[list[Any], list[int]]:
+    """The atoms of one state standing for many leaves' (each leaf's given as its atoms): every
+    tensor slot gathered flat into scratch, scalars as the first leaf has them (a group's
+    leaves share them); and the positions of the tensor slots."""
+    parts = list(per_leaf[0])
+    slots = [i for i, a in enumerate(parts) if isinstance(a, torch.Tensor)]
+    for i in slots:
+        parts[i] = gather([p[i] for p in per_leaf], i)
+    return parts, slots
+
+
+def scatter(flat: torch.Tensor, targets: list[torch.Tensor], outs: list, ins: list) -> None:
+    """Add to ``outs``/``ins`` (for one ``torch._foreach_copy_``) the copies that put the
+    pieces of ``flat`` back into ``targets``, contiguous tensors in gathering order."""
+    outs += [t if t.dim() == 1 else t.view(-1) for t in targets]
+    ins += flat.split([t.numel() for t in targets])
+
+
 def _apply_gathered(g: Group) -> None:
     """The rule's maths once over the whole group, gathered into flat scratch tensors."""
     items = g.items
@@ -557,10 +565,7 @@ def _apply_gathered(g: Group) -> None:
     dx = gather([w.dx for w in items], "dx")
     per_leaf = [atoms(w.leaf.state) for w in items]
     template = items[0].leaf.state
-    parts = list(per_leaf[0])
-    slots = [i for i, a in enumerate(parts) if isinstance(a, torch.Tensor)]
-    for i in slots:
-        parts[i] = gather([p[i] for p in per_leaf], i)
+    parts, slots = gather_states(per_leaf)
     token = segments.set(tuple(numels))
     try:
         new_state, upd = g.rule.apply(fill(template, parts), x, dx)
@@ -578,20 +583,14 @@ def _apply_gathered(g: Group) -> None:
     ins: list[torch.Tensor] = []
     if upd is not None:
         x.sub_(upd)
-        outs += [w.x for w in items]
-        ins += _pieces(x, items)
+        scatter(x, [w.x for w in items], outs, ins)
     for i in slots:
-        outs += [p[i] for p in per_leaf]
-        ins += _pieces(new_parts[i], items)
+        scatter(new_parts[i], [p[i] for p in per_leaf], outs, ins)
     if outs:
         torch._foreach_copy_(outs, ins)
     for w, mine in zip(items, per_leaf):
         leaf_parts = [mine[i] if i in slots else new_parts[i] for i in range(len(new_parts))]
         w.leaf.state = fill(new_state, leaf_parts)
-
-
-def _pieces(flat: torch.Tensor, items: list[Work]) -> list[torch.Tensor]:
-    return [v.view(w.x.shape) for v, w in zip(flat.split([w.x.numel() for w in items]), items)]
 
 
 def _run_group(g: Group) -> None:
@@ -665,8 +664,9 @@ def step(items: list[Work], check_finite: bool = False) -> None:
 def _run_groups(items: list[Work]) -> None:
     """Group the checked items and run the groups, risky ones first with a way back."""
     groups = group(items)
-    risky = [g for g in groups if _may_raise_midway(g.rule)]
-    safe = [g for g in groups if not _may_raise_midway(g.rule)]
+    raises = [_may_raise_midway(g.rule) for g in groups]
+    risky = [g for g, r in zip(groups, raises) if r]
+    safe = [g for g, r in zip(groups, raises) if not r]
     if risky:
         saved = [(g, _snapshot(g), [w.leaf.state for w in g.items]) for g in risky]
         try:

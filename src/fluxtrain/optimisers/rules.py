@@ -91,12 +91,12 @@ def _add_abs2_(y: torch.Tensor, x: torch.Tensor, a: Any) -> torch.Tensor:
     return y.addcmul_(x, xc, value=a) if _is_number(a) else y.add_(x * xc * a)
 
 
-def _full_float(t: torch.Tensor) -> float:
-    """A 0-d result as a Python float; a DTensor's (e.g. the norm of a sharded gradient, which
-    is partial on each rank) is first reduced over the ranks with ``full_tensor()``, so that a
-    rule sees the whole array's value, never its local shard's."""
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: a DTensor (e.g. the norm of a sharded gradient, which is partial on each
+    rank) is reduced over the ranks with ``full_tensor()``, so that rules and checks see the
+    whole array's value, never a local shard's."""
     full = getattr(t, "full_tensor", None)
-    return float(full() if full is not None else t)
+    return full() if full is not None else t
 
 
 def _is_real(v: Any) -> bool:
@@ -745,7 +745,7 @@ class ClipNorm(Rule):
             return state, dx
         sizes = segments.get()
         if sizes is None or len(sizes) == 1:
-            lam = self.factor(_full_float(self.norm(dx)), f"array of shape {tuple(x.shape)}")
+            lam = self.factor(float(whole(self.norm(dx))), f"array of shape {tuple(x.shape)}")
             return state, dx * lam
         # A flat buffer of several parameters: one norm per parameter, all at once.
         parts = dx.split(list(sizes))

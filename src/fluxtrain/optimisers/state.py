@@ -19,7 +19,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..tree import KeyPath, Node, _child_of, children, is_trainable_tensor, make_node, node_kind
+from ..tree import (
+    KeyPath,
+    Node,
+    _child_of,
+    children,
+    is_trainable_tensor,
+    make_node,
+    node_kind,
+    trainables,
+)
 from ..tree import trainable_children as _trainable_children
 from . import engine
 from .rules import ClipNorm, OptimiserChain, Rule
@@ -542,7 +551,7 @@ def adjust(tree_or_rule: Any, eta: float | None = None, **hyper: Any) -> Any:
 def _state_leaves(tree: Any, verb: str) -> list[Leaf]:
     """The Leafs below ``tree``; a model in place of the state tree is an error."""
     if isinstance(tree, (nn.Module, torch.Tensor)) or (
-        not isinstance(tree, Leaf) and _has_tensor(tree)
+        not isinstance(tree, Leaf) and trainables(tree)
     ):
         raise TypeError(
             f"{verb} takes the optimiser state from ft.setup (or a subtree of it, e.g. "
@@ -550,15 +559,6 @@ def _state_leaves(tree: Any, verb: str) -> list[Leaf]:
             f"(got a {type(tree).__name__} holding parameters)"
         )
     return list(leaves(tree))
-
-
-def _has_tensor(tree: Any) -> bool:
-    if isinstance(tree, torch.Tensor):
-        return True
-    if isinstance(tree, (Node, Leaf)) or tree is None:
-        return False
-    ch = children(tree) if isinstance(tree, (Mapping, list, tuple)) else None
-    return any(_has_tensor(v) for v in (ch or {}).values())
 
 
 def freeze_(tree: Any) -> None:
