@@ -5,15 +5,21 @@ each operation is a pass over memory (Adam-like rules make eight or more); compi
 TorchInductor, the same maths becomes one loop that reads each tensor once and writes it once,
 like PyTorch's hand-written fused kernels.  This module compiles it:
 
-* **Hyperparameters and counters are 0-d tensors**, not constants: the kernel takes a copy of
-  the rule whose float fields are 0-d float64 tensors, and the state's scalars (``beta^t``,
-  step counters) likewise.  ``adjust_``, a Scheduler or a new step count change values, never
-  the compiled code.  Only the rule's structure (its class, flags such as ``centred``, the
-  chain's members), the dtype and the device select a kernel.
-* **Bounded compile time**: one kernel per structure, dtype and device, compiled with dynamic
-  shapes over 1-D views, whatever the model.  A parameter of at least ``big_numel`` elements is
-  one call on its own storage; the smaller ones of a group are gathered into one flat scratch
-  tensor, run as one call, and copied back (their bytes are a small share of real models).
+* **Hyperparameters and counters are 0-d tensors**, not constants: the kernel takes the rule's
+  numeric fields and the state's scalars (``beta^t``, step counters) as 0-d float64 tensors and
+  writes the new scalars into 0-d output tensors.  ``adjust_``, a Scheduler or a new step count
+  change values, never the compiled code.  Only the rule's structure (its class, flags such as
+  ``centred``, the chain's members), the dtype and the device select a kernel.
+* **Bounded compile time**: one kernel per structure, dtype and device, compiled once with
+  dynamic shapes over 1-D aliases of ``chunk`` parameters (each parameter's length its own
+  symbol), whatever the model: a group is a series of calls of that one kernel, the last chunk
+  filled with two-element throwaway entries.
+* **Called directly.**  After the one compiling call through ``torch.compile``, the kernel is
+  called without TorchDynamo: the compiled graph's inputs are mapped once to the call's
+  arguments, and the conditions Dynamo's guards would check (1-D contiguous tensors of the
+  kernel's dtypes on its device, lengths of at least 2, no gradient tracking) hold by
+  construction here.  This keeps a call at a few microseconds, so even a model of hundreds of
+  small tensors runs each one in place, with no gathering.
 * Only groups of at least ``min_numel`` elements are compiled (compiling takes seconds, which
   small models would never win back); smaller groups, lower precisions, tensor subclasses and
   rules outside ``COMPILABLE`` use the eager paths of the engine.  If compiling fails
@@ -34,6 +40,7 @@ from typing import Any
 import torch
 
 from . import rules as R
+from .engine import _run_single, atoms, fill
 from .rules import OptimiserChain, Rule
 
 __all__ = ["COMPILABLE", "compile_count", "configure"]
@@ -50,7 +57,6 @@ COMPILABLE: tuple[type, ...] = (
 class _Settings:
     enabled: bool = os.environ.get("FLUXTRAIN_COMPILE", "1") not in ("0", "false", "False")
     min_numel: int = 1 << 20
-    big_numel: int = 1 << 15
     chunk: int = 8
 
 
@@ -61,19 +67,18 @@ _compiles = [0]
 # Scalars in float64, as torch.optim computes its bias corrections: 1 - 0.999^t in float32
 # would be off by 1e-4 relative at t = 1.
 HYPER_DTYPE = torch.float64
+# The length of the stand-in tensors a kernel is compiled on (large enough to be run on all
+# threads).
+_COMPILE_LENGTH = 1 << 16
 
 
 def configure(
-    enabled: bool | None = None,
-    min_numel: int | None = None,
-    big_numel: int | None = None,
-    chunk: int | None = None,
+    enabled: bool | None = None, min_numel: int | None = None, chunk: int | None = None
 ) -> dict[str, Any]:
     """Set when the engine compiles a rule's maths; returns the settings now in force.
 
     ``enabled=False`` keeps every update eager; ``min_numel`` is the smallest group (in elements)
-    that is compiled; ``big_numel`` the smallest parameter that is updated where it lies (the
-    smaller ones are gathered); ``chunk`` how many parameters one kernel call takes.
+    that is compiled; ``chunk`` how many parameters one kernel call takes.
 
     Example:
         >>> import fluxtrain as ft
@@ -84,8 +89,6 @@ def configure(
         settings.enabled = bool(enabled)
     if min_numel is not None:
         settings.min_numel = int(min_numel)
-    if big_numel is not None:
-        settings.big_numel = max(2, int(big_numel))
     if chunk is not None:
         settings.chunk = max(1, int(chunk))
     return dataclasses.asdict(settings)
@@ -113,40 +116,56 @@ def _structure(rule: Rule) -> tuple | None:
     fixed = []
     for f in dataclasses.fields(rule):
         v = getattr(rule, f.name)
-        if isinstance(v, bool) or isinstance(v, str):
+        if isinstance(v, bool) or isinstance(v, str) or v is None:
             fixed.append((f.name, v))
+        elif not isinstance(v, numbers.Real) and not (
+            isinstance(v, tuple) and all(isinstance(a, numbers.Real) for a in v)
+        ):
+            return None
     return (type(rule), tuple(fixed))
 
 
-def _as_tensors(rule: Rule) -> Rule:
-    """A copy of ``rule`` whose numeric fields are 0-d float64 tensors (built without
-    ``__init__``: validation already ran on the original)."""
+def _hyperparameters(rule: Rule) -> list[float]:
+    """The rule's numeric fields in order (tuples flattened, chains walked)."""
     if isinstance(rule, OptimiserChain):
-        return OptimiserChain(*[_as_tensors(o) for o in rule.opts])
-    new = object.__new__(type(rule))
+        return [v for o in rule.opts for v in _hyperparameters(o)]
+    out: list[float] = []
     for f in dataclasses.fields(rule):
         v = getattr(rule, f.name)
-        if isinstance(v, bool) or isinstance(v, str):
-            pass
-        elif isinstance(v, numbers.Real):
-            v = torch.tensor(float(v), dtype=HYPER_DTYPE)
-        elif isinstance(v, tuple):
-            v = tuple(torch.tensor(float(a), dtype=HYPER_DTYPE) for a in v)
+        if isinstance(v, bool) or isinstance(v, str) or v is None:
+            continue
+        out.extend(float(a) for a in v) if isinstance(v, tuple) else out.append(float(v))
+    return out
+
+
+def _rebuild(template: Rule, values: tuple, pos: int) -> tuple[Rule, int]:
+    """A rule like ``template`` whose numeric fields are ``values[pos:]`` (0-d tensors inside
+    the kernel), built without ``__init__``: validation ran on the original."""
+    new = object.__new__(type(template))
+    if isinstance(template, OptimiserChain):
+        opts = []
+        for o in template.opts:
+            sub, pos = _rebuild(o, values, pos)
+            opts.append(sub)
+        object.__setattr__(new, "opts", tuple(opts))
+        return new, pos
+    for f in dataclasses.fields(template):
+        v = getattr(template, f.name)
+        if isinstance(v, tuple):
+            v, pos = tuple(values[pos : pos + len(v)]), pos + len(v)
+        elif not (isinstance(v, bool) or isinstance(v, str) or v is None):
+            v, pos = values[pos], pos + 1
         object.__setattr__(new, f.name, v)
-    return new
+    return new, pos
 
 
 def _scalar_tensor(v: Any) -> torch.Tensor:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(v)
     dtype = torch.int64 if isinstance(v, numbers.Integral) else HYPER_DTYPE
     return torch.tensor(v, dtype=dtype)
 
 
-def _from_tensor(t: Any, like: Any) -> Any:
-    if like is None:
-        return None
-    value = t.item() if isinstance(t, torch.Tensor) else t
+def _from_tensor(t: torch.Tensor, like: Any) -> Any:
+    value = t.item()
     return int(value) if isinstance(like, numbers.Integral) else float(value)
 
 
@@ -154,28 +173,57 @@ def _from_tensor(t: Any, like: Any) -> Any:
 # Kernels
 
 
-def _make_kernel(scalar_pos: tuple[int, ...]) -> Any:
-    from .engine import atoms
+class _Kernel:
+    """One rule structure's maths over ``chunk`` parameters, compiled once.
 
-    def kernel(rule: Rule, states: list, xs: list, dxs: list) -> list[Any]:
-        outs: list[Any] = []
-        for state, x, dx in zip(states, xs, dxs):
-            new_state, update = rule.apply(state, x, dx)
-            x.sub_(update)
-            if not outs:
-                parts = atoms(new_state)
-                outs = [parts[i] for i in scalar_pos]  # the same for every entry
-        return outs
+    Arguments of a call, all tensors: the rule's numeric fields, the state's scalars, as many
+    1-element tensors for the new scalars, then for each parameter its 1-D alias, its gradient's and
+    its state tensors'.
+    """
 
-    # Each kernel gets its own code object: torch.compile caches (and limits recompiles) per
-    # code object, and every structure is its own kernel.
-    name = f"fluxtrain_kernel_{len(_kernels)}"
-    fresh = types.FunctionType(
-        kernel.__code__.replace(co_name=name), kernel.__globals__, name, None,
-        kernel.__closure__,
-    )  # fmt: skip
+    def __init__(self, rule: Rule, state: Any, scalar_pos: tuple[int, ...]) -> None:
+        # Only the state's shape is kept (not the first leaf's tensors): the parts are filled in.
+        template = [None if isinstance(a, torch.Tensor) else a for a in atoms(state)]
+        tensor_pos = [i for i, a in enumerate(atoms(state)) if isinstance(a, torch.Tensor)]
+        state = fill(state, template)
+        n_hyper = len(_hyperparameters(rule))
+        n_scalar = len(scalar_pos)
+        start = n_hyper + 2 * n_scalar
+        per_entry = 2 + len(tensor_pos)
 
-    def count_and_compile(gm: Any, example_inputs: Any) -> Any:
+        def kernel(*args: torch.Tensor) -> None:
+            rule_t, _ = _rebuild(rule, args, 0)
+            scalars = args[n_hyper : n_hyper + n_scalar]
+            for j in range(start, len(args), per_entry):
+                parts = list(template)
+                for i, s in zip(scalar_pos, scalars):
+                    parts[i] = s
+                for i, t in zip(tensor_pos, args[j + 2 : j + per_entry]):
+                    parts[i] = t
+                new_state, update = rule_t.apply(fill(state, parts), args[j], args[j + 1])
+                args[j].sub_(update)
+                if j == start:  # the new scalars are the same for every parameter
+                    new = atoms(new_state)
+                    for out, i in zip(args[n_hyper + n_scalar : start], scalar_pos):
+                        if isinstance(new[i], torch.Tensor):
+                            out.copy_(new[i])
+                        else:
+                            out.fill_(new[i])
+
+        # Each kernel gets its own code object: torch.compile caches (and limits recompiles) per
+        # code object, and every structure is its own kernel.
+        name = f"fluxtrain_kernel_{len(_kernels)}"
+        fresh = types.FunctionType(
+            kernel.__code__.replace(co_name=name), kernel.__globals__, name, None,
+            kernel.__closure__,
+        )  # fmt: skip
+        self._dynamo = torch.compile(fresh, backend=self._backend, dynamic=True, fullgraph=True)
+        self._calling: list[torch.Tensor] | None = None
+        self._start = start
+        self._tried: set[int] = set()
+        self._direct: dict[int, tuple[Any, list[int]]] = {}  # number of arguments -> (fn, order)
+
+    def _backend(self, gm: torch.fx.GraphModule, example_inputs: list) -> Any:
         from torch._inductor.compile_fx import compile_fx
 
         _compiles[0] += 1
@@ -183,24 +231,77 @@ def _make_kernel(scalar_pos: tuple[int, ...]) -> Any:
         # a chunk grow too large for the C++ compiler to inline the vector operations, and run
         # several times slower (measured: 8 NAdam loops in one function took 7x longer).
         with torch._inductor.config.patch({"cpp.max_horizontal_fusion_size": 1}):
-            return compile_fx(gm, example_inputs)
+            fn = compile_fx(gm, example_inputs)
+        order = _argument_order(gm, example_inputs, self._calling or [])
+        if order is not None:
+            self._direct[len(self._calling or ())] = (fn, order)
+        return fn
 
-    compiled_kernel = torch.compile(fresh, backend=count_and_compile, dynamic=True, fullgraph=True)
+    def __call__(self, args: list[torch.Tensor]) -> None:
+        direct = self._direct.get(len(args))
+        if direct is None and len(args) not in self._tried:
+            # Compile on stand-ins of one large length, not on this call's tensors: TorchInductor
+            # decides from the lengths it sees whether each loop runs on several threads, and a
+            # loop compiled for a small tensor would later run a large one on one thread.
+            self._tried.add(len(args))
+            self._through_dynamo(
+                args[: self._start]
+                + [torch.zeros(_COMPILE_LENGTH, dtype=a.dtype, device=a.device)
+                   for a in args[self._start :]]
+            )  # fmt: skip
+            direct = self._direct.get(len(args))
+        if direct is not None:
+            fn, order = direct
+            fn(*[args[i] if i >= 0 else args[~i].shape[0] for i in order])
+        else:  # 1-D views would make Dynamo specialise on their bases' shapes
+            self._through_dynamo([a if a._base is None else _flat(a) for a in args])
 
-    def run(*args: Any) -> Any:
-        # Each entry's length is its own symbol: without this, entries of equal length at the
-        # first call would share one and every other mix of lengths would recompile.
-        with torch.fx.experimental._config.patch(use_duck_shape=False):
-            return compiled_kernel(*args)
+    def _through_dynamo(self, args: list[torch.Tensor]) -> None:
+        self._calling = args
+        try:
+            # Each entry's length is its own symbol: without this, entries of equal length
+            # would share one, and other mixes of lengths would recompile.  The kernel's own
+            # numbers (its layout, the template rule's) stay constants.
+            with (
+                torch.fx.experimental._config.patch(use_duck_shape=False),
+                torch._dynamo.config.patch(specialize_int=True, specialize_float=True),
+            ):
+                self._dynamo(*args)
+        finally:
+            self._calling = None
 
-    return run
 
-
-def _kernel_for(key: tuple, scalar_pos: tuple[int, ...]) -> Any:
-    k = _kernels.get(key)
-    if k is None:
-        k = _kernels[key] = _make_kernel(scalar_pos)
-    return k
+def _argument_order(gm: torch.fx.GraphModule, example_inputs: list, args: list) -> list | None:
+    """For each input of Dynamo's graph, the index ``i`` of the call's argument it is (or
+    ``~i`` for the length of argument ``i``); ``None`` if that cannot be read unambiguously
+    (then every call goes through Dynamo, which is correct but slower)."""
+    index = {id(a): i for i, a in enumerate(args)}
+    if len(index) != len(args):
+        return None
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(example_inputs):
+        return None
+    length_of: dict[str, int] = {}
+    order: list[int | None] = []
+    for node, ex in zip(placeholders, example_inputs):
+        if isinstance(ex, torch.Tensor):
+            i = index.get(id(ex))
+            if i is None:
+                return None
+            order.append(i)
+            fake = node.meta.get("example_value")
+            if fake is not None and fake.dim() == 1 and isinstance(fake.shape[0], torch.SymInt):
+                length_of.setdefault(str(fake.shape[0].node.expr), i)
+        else:
+            order.append(None)
+    for k, node in enumerate(placeholders):
+        if order[k] is None:
+            sym = node.meta.get("example_value")
+            i = length_of.get(str(sym.node.expr)) if isinstance(sym, torch.SymInt) else None
+            if i is None:
+                return None
+            order[k] = ~i
+    return order  # type: ignore[return-value]
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -214,18 +315,13 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 def try_compiled(g: Any) -> bool:
     """Update group ``g`` with its compiled kernel; ``False`` if it should run eagerly."""
-    from .engine import atoms
-
     if not settings.enabled:
         return False
     items = g.items
     x0 = items[0].x
     if x0.dtype not in (torch.float32, torch.float64) or x0.device.type not in ("cpu", "cuda"):
         return False
-    if not all(w.x.is_contiguous() and w.dx.is_contiguous() for w in items):
-        return False
-    total = sum(w.x.numel() for w in items)
-    if total < settings.min_numel:
+    if sum(w.x.numel() for w in items) < settings.min_numel:
         return False
     rule = g.rule
     leaf_state = items[0].leaf.state
@@ -236,36 +332,49 @@ def try_compiled(g: Any) -> bool:
     if structure is None:
         return False
     template = atoms(leaf_state)
-    scalar_pos = tuple(i for i, a in enumerate(template) if not isinstance(a, torch.Tensor))
-    if any(template[i] is not None and not isinstance(template[i], numbers.Real)
-           for i in scalar_pos):  # fmt: skip
+    scalar_pos = tuple(
+        i for i, a in enumerate(template) if not isinstance(a, torch.Tensor) and a is not None
+    )
+    if any(not isinstance(template[i], numbers.Real) for i in scalar_pos):
         return False
-    key = (structure, x0.dtype, x0.device.type, len(template), scalar_pos)
-    if key in _failed:
-        return False
-    kernel = _kernel_for(key, scalar_pos)
-    hyper = _as_tensors(rule)
-    scalars = {i: _scalar_tensor(template[i]) for i in scalar_pos if template[i] is not None}
-    with_scalars = _swapper(leaf_state, scalars)
 
     def inner(w: Any) -> Any:
         return w.leaf.state[1] if scheduled else w.leaf.state
 
-    big = [w for w in items if w.x.numel() >= settings.big_numel]
-    small = [w for w in items if w.x.numel() < settings.big_numel]
-    if sum(w.x.numel() for w in small) < 2:
-        big, small = items, []  # a lone tiny tensor would make dynamic shapes specialise
-    entries = [(*_aliases(w, inner(w))[:2], _flat(w.dx)) for w in big]
-    scatter = _gather_small(small, inner, entries) if small else None
-    k = settings.chunk
-    pad = _padding(leaf_state, x0, k - (len(entries) % k or k))
-    entries += pad
-    outs = None
+    # Lengths 0 and 1 would make the compiler specialise; such leaves (rare) run eagerly.
+    tiny = [w for w in items if w.x.numel() < 2]
+    entries: list[torch.Tensor] = []
+    kinds = None
+    for w in items:
+        if w.x.numel() < 2:
+            continue
+        dx = w.dx
+        if not (w.x.is_contiguous() and dx.is_contiguous()) or dx.dtype != w.x.dtype:
+            return False
+        cached = _aliases(w, inner(w))
+        if cached is None or (kinds is not None and cached[2] != kinds):
+            return False
+        kinds = cached[2]
+        entries += (cached[0], dx.view(-1), *cached[1])
+    if kinds is None:
+        return False
+    key = (structure, x0.device.type, kinds, scalar_pos, len(template))
+    if key in _failed:
+        return False
+    kernel = _kernels.get(key)
+    if kernel is None:
+        kernel = _kernels[key] = _Kernel(rule, leaf_state, scalar_pos)
+    head = [torch.tensor(v, dtype=HYPER_DTYPE) for v in _hyperparameters(rule)]
+    head += [_scalar_tensor(template[i]) for i in scalar_pos]
+    # The new scalars are written into 1-element tensors (TorchInductor in torch 2.13 drops a
+    # copy into a 0-d CPU input).
+    head += [_scalar_tensor(template[i]).reshape(1) for i in scalar_pos]
+    per_entry = 1 + len(kinds)  # x, dx and the state tensors
+    k = settings.chunk * per_entry
+    entries += _padding(kinds, x0.device, -(len(entries) // per_entry) % settings.chunk)
     for start in range(0, len(entries), k):
-        chunk = entries[start : start + k]
         try:
-            got = kernel(hyper, [with_scalars(e[0]) for e in chunk], [e[1] for e in chunk],
-                         [e[2] for e in chunk])  # fmt: skip
+            kernel(head + entries[start : start + k])
         except Exception as e:
             if start:
                 raise
@@ -277,14 +386,16 @@ def try_compiled(g: Any) -> bool:
                 stacklevel=4,
             )
             return False
-        outs = got if outs is None else outs
-    if scatter is not None:
-        torch._foreach_copy_(*scatter)
+    for w in tiny:
+        _run_single(w)
     if not scalar_pos and not scheduled:
         return True  # the state's tensors were updated in place; nothing else changed
+    outs = head[len(head) - len(scalar_pos) :]
     new_scalars = {i: _from_tensor(v, template[i]) for i, v in zip(scalar_pos, outs)}
     renew = _swapper(leaf_state, new_scalars)
     for w in items:
+        if w.x.numel() < 2:
+            continue
         new = renew(inner(w))
         w.leaf.state = (w.leaf.state[0] + 1, new) if scheduled else new
         cache = w.leaf._kernel_cache
@@ -293,21 +404,25 @@ def try_compiled(g: Any) -> bool:
     return True
 
 
-def _aliases(w: Any, state: Any) -> tuple[Any, torch.Tensor, list[Any]]:
-    """The leaf's state with 1-D aliases of its tensors, the parameter's 1-D alias, and the
-    aliased state's atoms; kept on the Leaf between steps while its state (as this module last
-    wrote it) and the parameter's memory are the same.  (The scalars in the aliased state are
-    stale: the kernel call swaps in the current ones.)"""
-    from .engine import atoms, fill
-
+def _aliases(w: Any, state: Any) -> tuple[torch.Tensor, list[torch.Tensor], tuple] | None:
+    """The parameter's 1-D alias, its state tensors' 1-D aliases, and the dtypes (parameter's
+    first); kept on the Leaf while its state (as this module last wrote it) and the parameter's
+    memory are the same.  ``None`` if a state tensor does not fit a compiled kernel."""
     cache = w.leaf._kernel_cache
     ptr = w.x.data_ptr()
     if cache is not None and cache[0] is state and cache[1] == ptr:
-        return cache[2], cache[3], cache[4]
-    parts = [_flat(a) if isinstance(a, torch.Tensor) else a for a in atoms(state)]
-    aliased, x = fill(state, parts), _flat(w.x)
-    w.leaf._kernel_cache = (state, ptr, aliased, x, parts)
-    return aliased, x, parts
+        return cache[2]
+    parts = [a for a in atoms(state) if isinstance(a, torch.Tensor)]
+    n = w.x.numel()
+    fits = (
+        type(a) is torch.Tensor and a.is_contiguous() and a.numel() == n and a.device == w.x.device
+        for a in parts
+    )
+    if not all(fits):
+        return None
+    got = (_flat(w.x), [_flat(a) for a in parts], (w.x.dtype, *(a.dtype for a in parts)))
+    w.leaf._kernel_cache = (state, ptr, got)
+    return got
 
 
 def _swapper(template: Any, values: dict[int, Any]) -> Any:
@@ -346,46 +461,18 @@ def _swapper(template: Any, values: dict[int, Any]) -> Any:
     return lambda s: apply(top, s)
 
 
-def _gather_small(items: list[Any], inner: Any, entries: list) -> tuple[list, list]:
-    """Add one entry holding the small tensors gathered flat; return the copies that put the
-    results back (outputs, inputs) for ``torch._foreach_copy_``."""
-    from .engine import fill, gather, gather_states, scatter
-
-    al = [_aliases(w, inner(w)) for w in items]  # 1-D aliases, kept between steps
-    parts, slots = gather_states([a[2] for a in al])
-    xs = [a[1] for a in al]
-    x = gather(xs, "x")
-    dx = gather([w.dx for w in items], "dx")
-    entries.append((fill(inner(items[0]), parts), x, dx))
-    outs: list[torch.Tensor] = []
-    ins: list[torch.Tensor] = []
-    scatter(x, xs, outs, ins)
-    for i in slots:
-        scatter(parts[i], [a[2][i] for a in al], outs, ins)
-    return outs, ins
+_pads: dict[tuple, list[torch.Tensor]] = {}
 
 
-_pads: dict[tuple, list] = {}
-
-
-def _padding(state: Any, like: torch.Tensor, n: int) -> list:
+def _padding(kinds: tuple, device: torch.device, n: int) -> list[torch.Tensor]:
     """``n`` throwaway entries of two elements that fill the last chunk (one compiled kernel
     serves every number of parameters); their values are never read."""
-    from .engine import atoms, fill
-
     if n == 0:
         return []
-    template = atoms(state)
-    key = (like.dtype, like.device, tuple(isinstance(a, torch.Tensor) for a in template), n)
+    key = (kinds, device, n)
     pad = _pads.get(key)
     if pad is None:
-
-        def two() -> torch.Tensor:
-            return torch.zeros(2, dtype=like.dtype, device=like.device)
-
-        pad = _pads[key] = [
-            (fill(state, [two() if isinstance(a, torch.Tensor) else a for a in template]),
-             two(), two())
-            for _ in range(n)
-        ]  # fmt: skip
+        # x, dx and each state tensor: distinct tensors, as the compiled graph's inputs are
+        dtypes = (kinds[0], *kinds)
+        pad = _pads[key] = [torch.zeros(2, dtype=d, device=device) for _ in range(n) for d in dtypes]
     return pad

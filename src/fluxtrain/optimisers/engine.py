@@ -333,20 +333,28 @@ def _dense(t: torch.Tensor) -> bool:
     """A plain dense tensor (or a Parameter of one).  FSDP2's parameters are Parameters
     holding a ``DTensor``: ``isinstance(p, nn.Parameter)`` is true for them, so the check is on
     the type of the data inside."""
+    cls = type(t)
+    if cls is torch.Tensor or cls is torch.nn.Parameter:
+        return True  # the common case, without making a ``.data`` tensor
     if isinstance(t, torch.nn.Parameter):
         t = t.data
     return type(t) is torch.Tensor
 
 
-def _group_key(w: Work) -> tuple:
-    kind = "dense" if _dense(w.x) else id(w)  # subclasses (DTensor...) go one leaf at a time
-    return (w.leaf.rule, w.x.dtype, w.x.device, kind, _scalars(w.leaf.state))
-
-
 def group(items: list[Work]) -> list[Group]:
+    """The items grouped by rule (equal hyperparameters), dtype, device and scalar state;
+    an item whose parameter or gradient is not a plain dense tensor is a group of its own."""
+    by_rule: dict[int, list[Work]] = defaultdict(list)
+    for w in items:  # first by the rule object: cheap, and most leaves share one
+        by_rule[id(w.leaf.rule)].append(w)
+    equal: dict[Rule, int] = {}  # equal rules held in different objects share their groups
     by_key: dict[tuple, list[Work]] = defaultdict(list)
-    for w in items:
-        by_key[_group_key(w)].append(w)
+    for ws in by_rule.values():
+        rule = equal.setdefault(ws[0].leaf.rule, id(ws[0].leaf.rule))
+        for w in ws:
+            x = w.x
+            kind = "dense" if _dense(x) and _dense(w.dx) else id(w)
+            by_key[(rule, x.dtype, x.device, kind, _scalars(w.leaf.state))].append(w)
     return [Group(ws[0].leaf.rule, ws) for ws in by_key.values()]
 
 
@@ -454,16 +462,18 @@ def _fused_adam_step(rule: Rule, b1t: float, b2t: float) -> int | None:
 def _try_fused(g: Group) -> bool:
     """Update the group with one of PyTorch's fused kernels when the maths agree exactly."""
     x0 = g.items[0].x
-    if x0.dtype not in (torch.float32, torch.float64) or not _plain(g):
-        return False  # lower precisions need Optimisers.jl's epsilon floor: use the rule's maths
     rule, scheduled = g.rule, False
     state0 = g.items[0].leaf.state
     if hasattr(rule, "rule_at") and isinstance(state0[0], int):
         rule, scheduled = rule.rule_at(state0[0]), True  # a Scheduler: its rule at step t
+    kind = type(rule)
+    if not (kind is R.Adam or (kind is R.AdamW and rule.couple) or kind is R.AdaGrad):
+        return False
+    if x0.dtype not in (torch.float32, torch.float64) or not _plain(g):
+        return False  # lower precisions need Optimisers.jl's epsilon floor: use the rule's maths
     inner = [w.leaf.state[1] if scheduled else w.leaf.state for w in g.items]
     xs = [w.x for w in g.items]
     dxs = [w.dx for w in g.items]
-    kind = type(rule)
     if kind is R.Adam or (kind is R.AdamW and rule.couple):
         b1t, b2t = inner[0][2]
         t = _fused_adam_step(rule, b1t, b2t)
@@ -594,9 +604,9 @@ def _apply_gathered(g: Group) -> None:
 
 
 def _run_group(g: Group) -> None:
-    if not all(_dense(w.x) and _dense(w.dx) for w in g.items):
-        for w in g.items:  # DTensors: the rule's torch ops, which DTensor implements
-            _run_single(w)
+    w0 = g.items[0]
+    if not (_dense(w0.x) and _dense(w0.dx)):  # then it is a group of one
+        _run_single(w0)  # DTensors: the rule's torch ops, which DTensor implements
         return
     if _try_fused(g):
         return
