@@ -171,3 +171,51 @@ def test_new_storage_or_a_reset_state_after_a_compiled_step_is_followed(compile_
         engine.run_reference(_collect(s_ref, ref, g, use_dot_grad=False))
     for k in fast:
         torch.testing.assert_close(fast[k], ref[k], rtol=1e-12, atol=1e-12)
+
+
+def test_kernels_are_compiled_on_large_stand_ins_then_called_without_dynamo(
+    compile_everything, monkeypatch
+):
+    monkeypatch.setattr(compiled, "_kernels", {})
+    seen: list[list[int]] = []
+    original = compiled._Kernel._through_dynamo
+
+    def spy(self, args):
+        seen.append([a.numel() for a in args[self._start :]])
+        return original(self, args)
+
+    monkeypatch.setattr(compiled._Kernel, "_through_dynamo", spy)
+    fast, ref = model(), model()
+    rule = ft.NAdam(0.01)
+    s_fast, s_ref = ft.setup(rule, fast), ft.setup(rule, ref)
+    for step in range(4):
+        g = grads(fast, step)
+        ft.update_(s_fast, fast, g)
+        engine.run_reference(_collect(s_ref, ref, g, use_dot_grad=False))
+    # one compiling call, on stand-ins of one large length (so that every loop is compiled to
+    # run on all threads, whatever the sizes of the model that came first); then direct calls
+    assert len(seen) == 1
+    assert set(seen[0]) == {compiled._COMPILE_LENGTH}
+    for k in fast:
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-12, atol=1e-12)
+
+
+def test_one_element_parameters_and_shared_gradient_tensors_in_a_compiled_group(
+    compile_everything,
+):
+    def make():
+        g = torch.Generator().manual_seed(5)
+        shapes = {"w": (6, 4), "t": (1,), "s": (), "v": (24,)}
+        return {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in shapes.items()}
+
+    fast, ref = make(), make()
+    rule = ft.OptimiserChain(ft.WeightDecay(0.01), ft.Adam(0.05))
+    s_fast, s_ref = ft.setup(rule, fast), ft.setup(rule, ref)
+    for step in range(3):
+        shared = torch.full((24,), 0.3 + step, dtype=torch.float64)
+        g = {"w": shared.view(6, 4), "t": torch.ones(1, dtype=torch.float64),
+             "s": torch.tensor(2.0, dtype=torch.float64), "v": shared}  # fmt: skip
+        ft.update_(s_fast, fast, g)
+        engine.run_reference(_collect(s_ref, ref, g, use_dot_grad=False))
+    for k in fast:
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-12, atol=1e-12)

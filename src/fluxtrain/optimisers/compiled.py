@@ -474,5 +474,7 @@ def _padding(kinds: tuple, device: torch.device, n: int) -> list[torch.Tensor]:
     if pad is None:
         # x, dx and each state tensor: distinct tensors, as the compiled graph's inputs are
         dtypes = (kinds[0], *kinds)
-        pad = _pads[key] = [torch.zeros(2, dtype=d, device=device) for _ in range(n) for d in dtypes]
+        pad = _pads[key] = [
+            torch.zeros(2, dtype=d, device=device) for _ in range(n) for d in dtypes
+        ]
     return pad

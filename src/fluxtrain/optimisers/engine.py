@@ -93,7 +93,17 @@ def fill(template: Any, parts: list[Any], pos: list[int] | None = None) -> Any:
 
 def _scalars(state: Any) -> tuple:
     """The non-tensor parts of a state (counters, ``beta^t``): leaves in one group share them."""
-    return tuple(a for a in atoms(state) if not isinstance(a, torch.Tensor))
+    if isinstance(state, torch.Tensor):
+        return ()
+    if type(state) is not tuple:
+        return (state,)
+    out: list[Any] = []
+    for s in state:  # written out: this runs for every leaf of every step
+        if isinstance(s, tuple):
+            out.extend(_scalars(s))
+        elif not isinstance(s, torch.Tensor):
+            out.append(s)
+    return tuple(out)
 
 
 def rules_in(rule: Rule) -> list[Rule]:
