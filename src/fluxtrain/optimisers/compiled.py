@@ -160,13 +160,16 @@ def _rebuild(template: Rule, values: tuple, pos: int) -> tuple[Rule, int]:
 
 
 def _scalar_tensor(v: Any) -> torch.Tensor:
-    dtype = torch.int64 if isinstance(v, numbers.Integral) else HYPER_DTYPE
-    return torch.tensor(v, dtype=dtype)
+    # Counters too are float64 (exact up to 2^53): one dtype for every scalar keeps the kernel's
+    # inputs of fixed dtypes, which its direct calls rely on, whatever a rule returns.
+    return torch.tensor(float(v), dtype=HYPER_DTYPE)
 
 
 def _from_tensor(t: torch.Tensor, like: Any) -> Any:
-    value = t.item()
-    return int(value) if isinstance(like, numbers.Integral) else float(value)
+    """A new scalar as a Python number, an ``int`` where the old one was an int and the new one
+    is whole (a step counter), else a ``float``."""
+    value = float(t.item())
+    return int(value) if isinstance(like, numbers.Integral) and value.is_integer() else value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,7 +358,7 @@ def try_compiled(g: Any) -> bool:
         if cached is None or (kinds is not None and cached[2] != kinds):
             return False
         kinds = cached[2]
-        entries += (cached[0], dx.view(-1), *cached[1])
+        entries += (cached[0], dx if dx.dim() == 1 else dx.view(-1), *cached[1])
     if kinds is None:
         return False
     key = (structure, x0.device.type, kinds, scalar_pos, len(template))
