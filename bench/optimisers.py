@@ -118,7 +118,10 @@ def ours(rule: str, model: nn.Module) -> Callable[[], object]:
 
 def ours_tree(rule: str, model: nn.Module) -> Callable[[], object]:
     state = ft.setup(RULES[rule](), model)
-    grads = ft.fmap(lambda p: p.grad, model)  # a gradient tree, as ft.gradient returns
+    # The gradient tree that ft.gradient returns (its Nodes mirror the model), holding .grad's
+    # values: the gradient of sum(p * p.grad) is p.grad.
+    consts = {p: p.grad.clone() for p in model.parameters()}
+    grads = ft.gradient(lambda m: sum((p * consts[p]).sum() for p in m.parameters()), model)[0]
     return lambda: ft.update_(state, model, grads)
 
 

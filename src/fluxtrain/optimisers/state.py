@@ -224,11 +224,12 @@ _MISSING = object()
 def _model_child(x: Any, k: Any) -> Any:
     """Child ``k`` of a model node (``_MISSING`` if absent), without building a children dict."""
     if isinstance(x, nn.Module):
-        for table in (x._parameters, x._modules, x._buffers):
-            v = table.get(k, _MISSING)
-            if v is not _MISSING:
-                return v
-        return _MISSING
+        v = x._parameters.get(k, _MISSING)
+        if v is _MISSING:
+            v = x._modules.get(k, _MISSING)
+            if v is _MISSING:
+                v = x._buffers.get(k, _MISSING)
+        return v
     if isinstance(x, Mapping):
         return x.get(k, _MISSING)
     ch = children(x)
@@ -264,7 +265,7 @@ def _collect(state: Any, model: Any, grads: Any, use_dot_grad: bool) -> list[eng
     work: dict[int, engine.Work] = {}
 
     def walk(st: Any, x: Any, g: Any, path: tuple) -> None:
-        if isinstance(st, Leaf):
+        if type(st) is Leaf or isinstance(st, Leaf):
             if not isinstance(x, torch.Tensor):
                 raise GradientMismatchError(
                     f"the state has a Leaf at {KeyPath(path)} but the model has "
@@ -295,7 +296,7 @@ def _collect(state: Any, model: Any, grads: Any, use_dot_grad: bool) -> list[eng
             elif g is not None and all(g is not h for h in item.grads):
                 item.grads.append(g)  # tied parameter: gradients are summed
             return
-        if g is not None and not use_dot_grad and node_kind(g) is None:
+        if g is not None and not use_dot_grad and type(g) is not Node and node_kind(g) is None:
             what = "a tensor" if isinstance(g, torch.Tensor) else f"{type(g).__name__} {g!r:.40}"
             raise GradientMismatchError(
                 f"gradient at {KeyPath(path)} is {what} but the model has a "
