@@ -219,3 +219,15 @@ def test_one_element_parameters_and_shared_gradient_tensors_in_a_compiled_group(
         engine.run_reference(_collect(s_ref, ref, g, use_dot_grad=False))
     for k in fast:
         torch.testing.assert_close(fast[k], ref[k], rtol=1e-12, atol=1e-12)
+
+
+def test_a_compiled_step_marks_the_parameters_modified_for_autograd(compile_everything):
+    w = torch.nn.Parameter(torch.randn(300, dtype=torch.float64))
+    model = {"w": w}
+    state = ft.setup(ft.NAdam(0.01), model)
+    loss = (w * w).sum()  # saves w for the backward pass
+    version = w._version
+    ft.update_(state, model, {"w": torch.ones_like(w)})
+    assert w._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

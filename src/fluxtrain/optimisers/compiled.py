@@ -389,6 +389,10 @@ def try_compiled(g: Any) -> bool:
                 stacklevel=4,
             )
             return False
+    # The kernel wrote through aliases with version counters of their own: tell autograd that
+    # the parameters changed, as an in-place torch.optim step does (a graph that saved a
+    # parameter before the step then refuses to backpropagate instead of using new values).
+    torch.autograd.graph.increment_version([w.x for w in items if w.x.numel() >= 2])
     for w in tiny:
         _run_single(w)
     if not scalar_pos and not scheduled:
