@@ -63,12 +63,13 @@ def _plural(n: int, word: str) -> str:
     """``1 epoch``, ``2 epochs``.
 
     Example:
-        >>> _plural(1, "epoch"), _plural(12, "batch")
-        ('1 epoch', '12 batches')
+        >>> _plural(1, "epoch"), _plural(12, "epoch"), _plural(12, "batch")
+        ('1 epoch', '12 epochs', '12 batches')
     """
     if n == 1:
         return f"{n} {word}"
-    return f"{n} {word}es" if word.endswith(("s", "x", "ch", "sh")) else f"{n} {word}s"
+    hissing = word.endswith(("s", "x", "sh")) or (word.endswith("ch") and word != "epoch")
+    return f"{n} {word}es" if hissing else f"{n} {word}s"
 
 
 def _version() -> str:
