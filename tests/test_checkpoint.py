@@ -327,6 +327,20 @@ def test_object_refusing_its_state_leaves_model_unchanged(tmp_path):
     assert torch.equal(next(iter(same)), next(running))  # continues where loader stopped
 
 
+def test_a_single_file_checkpoint_written_by_rank_0_resumes_another_ranks_loader(tmp_path):
+    # DDP: rank 0 writes the file, every rank loads it into its own sharded loader.
+    X = torch.arange(24.0)
+    rank0 = ft.DataLoader(X, batchsize=2, shuffle=True, shard=(0, 2))
+    rank1 = ft.DataLoader(X, batchsize=2, shuffle=True, shard=(1, 2))
+    running0, running1 = iter(rank0), iter(rank1)
+    for _ in range(2):
+        next(running0), next(running1)
+    ft.save(tmp_path / "c.safetensors", model=make(), data=rank0)
+    resumed1 = ft.DataLoader(X, batchsize=2, shuffle=True, shard=(1, 2))
+    ft.load(tmp_path / "c.safetensors", model=make(), data=resumed1)
+    assert [b.tolist() for b in resumed1] == [b.tolist() for b in running1]
+
+
 def test_unsaveable_extra_is_an_error_before_anything_is_written(tmp_path):
     ft.save(tmp_path / "c.safetensors", epoch=1)
     with pytest.raises(ft.CheckpointError, match="cannot save function at extra/fn"):

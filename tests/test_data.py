@@ -484,6 +484,24 @@ def test_shards_reshuffle_in_step_across_epochs():
         assert sorted(parts[0] + parts[1]) == list(range(12))
 
 
+def test_a_position_saved_on_rank_0_resumes_every_rank_of_the_same_world_size():
+    # A single-file checkpoint is written by rank 0; every rank loads its loader state.
+    X = torch.arange(40)
+    rank0 = DataLoader(X, batchsize=2, shuffle=True, rng=4, shard=(0, 2))
+    it = iter(rank0)
+    for _ in range(3):
+        next(it)
+    state = rank0.state_dict()
+    uninterrupted = DataLoader(X, batchsize=2, shuffle=True, rng=4, shard=(1, 2))
+    expected = list(uninterrupted)[3:] + list(uninterrupted)  # the rest, then the next epoch
+    resumed = DataLoader(X, batchsize=2, shuffle=True, rng=4, shard=(1, 2))
+    resumed.load_state_dict(state)
+    got = list(resumed) + list(resumed)
+    assert [b.tolist() for b in got] == [b.tolist() for b in expected]
+    with pytest.raises(ValueError, match="world_size=2"):
+        DataLoader(X, batchsize=2, shuffle=True, rng=4, shard=(1, 4)).load_state_dict(state)
+
+
 # ---- display and training -----------------------------------------------------------------------
 
 

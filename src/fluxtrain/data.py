@@ -530,11 +530,14 @@ class DataLoader:
                     f"{key}={getattr(self, key)!r}; the order could not be reproduced"
                 )
         saved_shard = state.get("shard")
+        # All ranks draw the same order and have as many batches, so one rank's position (a
+        # checkpoint written by rank 0) is every rank's: only the number of ranks must agree.
         if saved_shard is not None and self.shard is not None:
-            if tuple(saved_shard) != self.shard:
+            if saved_shard[1] != self.shard[1]:
                 raise ValueError(
-                    f"DataLoader.load_state_dict: saved shard={tuple(saved_shard)} but this "
-                    f"loader has shard={self.shard}"
+                    f"DataLoader.load_state_dict: saved with world_size={saved_shard[1]} "
+                    f"(shard={tuple(saved_shard)}) but this loader has shard={self.shard}; each "
+                    f"rank's part of the order would differ"
                 )
         position = int(state.get("position", 0))
         if not 0 <= position <= len(self):
