@@ -324,7 +324,7 @@ def try_compiled(g: Any) -> bool:
     x0 = items[0].x
     if x0.dtype not in (torch.float32, torch.float64) or x0.device.type not in ("cpu", "cuda"):
         return False
-    if sum(w.x.numel() for w in items) < settings.min_numel:
+    if sum(map(torch.Tensor.numel, [w.x for w in items])) < settings.min_numel:
         return False
     rule = g.rule
     leaf_state = items[0].leaf.state
@@ -345,19 +345,28 @@ def try_compiled(g: Any) -> bool:
         return w.leaf.state[1] if scheduled else w.leaf.state
 
     # Lengths 0 and 1 would make the compiler specialise; such leaves (rare) run eagerly.
-    tiny = [w for w in items if w.x.numel() < 2]
+    tiny: list[Any] = []
     entries: list[torch.Tensor] = []
     kinds = None
-    for w in items:
-        if w.x.numel() < 2:
+    for w in items:  # runs for every leaf of every step: kept to plain attribute reads
+        x, dx = w.x, w.dx
+        if x.numel() < 2:
+            tiny.append(w)
             continue
-        dx = w.dx
-        if not (w.x.is_contiguous() and dx.is_contiguous()) or dx.dtype != w.x.dtype:
+        if not (x.is_contiguous() and dx.is_contiguous()) or dx.dtype != x.dtype:
             return False
-        cached = _aliases(w, inner(w))
-        if cached is None or (kinds is not None and cached[2] != kinds):
-            return False
-        kinds = cached[2]
+        state = w.leaf.state[1] if scheduled else w.leaf.state
+        cache = w.leaf._kernel_cache
+        if cache is not None and cache[0] is state and cache[1] == x.data_ptr():
+            cached = cache[2]
+        else:
+            cached = _aliases(w, state)
+            if cached is None:
+                return False
+        if cached[2] != kinds:
+            if kinds is not None:
+                return False
+            kinds = cached[2]
         entries += (cached[0], dx if dx.dim() == 1 else dx.view(-1), *cached[1])
     if kinds is None:
         return False
@@ -413,12 +422,9 @@ def try_compiled(g: Any) -> bool:
 
 def _aliases(w: Any, state: Any) -> tuple[torch.Tensor, list[torch.Tensor], tuple] | None:
     """The parameter's 1-D alias, its state tensors' 1-D aliases, and the dtypes (parameter's
-    first); kept on the Leaf while its state (as this module last wrote it) and the parameter's
-    memory are the same.  ``None`` if a state tensor does not fit a compiled kernel."""
-    cache = w.leaf._kernel_cache
-    ptr = w.x.data_ptr()
-    if cache is not None and cache[0] is state and cache[1] == ptr:
-        return cache[2]
+    first); kept on the Leaf (``_kernel_cache``) while its state (as this module last wrote it)
+    and the parameter's memory are the same.  ``None`` if a state tensor does not fit a
+    compiled kernel."""
     parts = [a for a in atoms(state) if isinstance(a, torch.Tensor)]
     n = w.x.numel()
     fits = (
@@ -428,7 +434,7 @@ def _aliases(w: Any, state: Any) -> tuple[torch.Tensor, list[torch.Tensor], tupl
     if not all(fits):
         return None
     got = (_flat(w.x), [_flat(a) for a in parts], (w.x.dtype, *(a.dtype for a in parts)))
-    w.leaf._kernel_cache = (state, ptr, got)
+    w.leaf._kernel_cache = (state, w.x.data_ptr(), got)
     return got
 
 

@@ -56,7 +56,7 @@ from .rules import ClipNorm, NonFiniteGradientError, OptimiserChain, Rule, segme
 __all__ = ["Work", "run", "run_reference", "step"]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Work:
     """One leaf to update: its Leaf, parameter, gradient(s) (summed if tied) and path."""
 
@@ -362,8 +362,11 @@ def group(items: list[Work]) -> list[Group]:
     for ws in by_rule.values():
         rule = equal.setdefault(ws[0].leaf.rule, id(ws[0].leaf.rule))
         for w in ws:
-            x = w.x
-            kind = "dense" if _dense(x) and _dense(w.dx) else id(w)
+            x, dx = w.x, w.dx
+            plain = (type(x) is torch.Tensor or type(x) is torch.nn.Parameter) and (
+                type(dx) is torch.Tensor
+            )
+            kind = "dense" if plain or (_dense(x) and _dense(dx)) else id(w)
             by_key[(rule, x.dtype, x.device, kind, _scalars(w.leaf.state))].append(w)
     return [Group(ws[0].leaf.rule, ws) for ws in by_key.values()]
 
@@ -656,11 +659,25 @@ def step(items: list[Work], check_finite: bool = False) -> None:
     if not items:
         return
     with torch.no_grad():
-        for w in items:
+        subclassed: list[int] = []  # parameters holding a tensor subclass (FSDP2's DTensor)
+        for i, w in enumerate(items):
             follow_parameter(w)
+            kind = type(w.x)
+            if kind is not torch.nn.Parameter and kind is not torch.Tensor and not _dense(w.x):
+                subclassed.append(i)
             if w.dx is None:
-                check_gradient(w, w.grads[0])
-                for h in w.grads[1:]:
+                x, grads = w.x, w.grads
+                g = grads[0]
+                if (  # the common case, which every check below would pass as it is
+                    len(grads) == 1
+                    and g.dtype == x.dtype
+                    and g.layout == torch.strided
+                    and x.is_floating_point()
+                    and ((g.is_cpu and x.is_cpu) or g.device == x.device)
+                ):
+                    w.dx = g
+                    continue
+                for h in grads:
                     check_gradient(w, h)
                 w.dx = _gradient(w)
         if check_finite:
@@ -670,12 +687,11 @@ def step(items: list[Work], check_finite: bool = False) -> None:
         # Sharded leaves whose rules are elementwise run on their local shards, grouped with
         # the rest (fused kernels included); the others go one leaf at a time on DTensors.
         local: list[tuple[Work, torch.Tensor]] = []
-        for i, w in enumerate(items):
-            if not _dense(w.x):
-                lw = _localise(w)
-                if lw is not None:
-                    local.append((lw, _data(w.x)))
-                    items[i] = lw
+        for i in subclassed:
+            lw = _localise(items[i])
+            if lw is not None:
+                local.append((lw, _data(items[i].x)))
+                items[i] = lw
         _run_groups(items)
         for lw, x in local:
             _globalise(lw, x)
