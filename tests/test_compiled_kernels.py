@@ -231,3 +231,34 @@ def test_a_compiled_step_marks_the_parameters_modified_for_autograd(compile_ever
     assert w._version > version
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_scalar_maths_is_computed_once_outside_the_element_loops(compile_everything, monkeypatch):
+    monkeypatch.setattr(compiled, "_kernels", {})
+    splits = []
+    original = compiled._split_scalars
+
+    def spy(gm):
+        splits.append(original(gm))
+        return splits[-1]
+
+    monkeypatch.setattr(compiled, "_split_scalars", spy)
+    fast, ref = model(), model()
+    rule = ft.NAdam(0.01)
+    s_fast, s_ref = ft.setup(rule, fast), ft.setup(rule, ref)
+    for step in range(3):
+        g = grads(fast, step)
+        ft.update_(s_fast, fast, g)
+        engine.run_reference(_collect(s_ref, ref, g, use_dot_grad=False))
+    assert len(splits) == 1 and splits[0] is not None
+    main, scalars, _ = splits[0]
+
+    def divisions(gm):
+        return [n for n in gm.graph.nodes if "div" in str(n.target)]
+
+    # NAdam's bias corrections (b1 / (1 - b1 * b1t), ...) went to the scalar graph; what stays
+    # in the element loops divides only the moment by its denominator, once per parameter.
+    assert len(divisions(scalars)) >= 3
+    assert len(divisions(main)) == compiled.configure()["chunk"]
+    for k in fast:
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-12, atol=1e-12)

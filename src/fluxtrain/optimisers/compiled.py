@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import operator
 import os
 import types
 import warnings
@@ -230,12 +231,31 @@ class _Kernel:
         from torch._inductor.compile_fx import compile_fx
 
         _compiles[0] += 1
+        order = _argument_order(gm, example_inputs, self._calling or [])
         # One C++ function per parameter: fused horizontally into one function, the loops of
         # a chunk grow too large for the C++ compiler to inline the vector operations, and run
         # several times slower (measured: 8 NAdam loops in one function took 7x longer).
         with torch._inductor.config.patch({"cpp.max_horizontal_fusion_size": 1}):
-            fn = compile_fx(gm, example_inputs)
-        order = _argument_order(gm, example_inputs, self._calling or [])
+            split = _split_scalars(gm)
+            if split is None:
+                fn = compile_fx(gm, example_inputs)
+            else:
+                main_gm, scalar_gm, positions = split
+                scalar_inputs = [example_inputs[i] for i in positions]
+                boundary = list(scalar_gm(*scalar_inputs))
+                scalar_fn = compile_fx(scalar_gm, scalar_inputs)
+                main_fn = compile_fx(main_gm, [*example_inputs, *boundary])
+
+                last: list[Any] = [(), ()]  # the scalar inputs and results of the last call
+
+                def fn(*args: Any) -> Any:
+                    # The chunks of one step share their scalar inputs (the same tensors, made
+                    # for that step and never written): their results are computed once.
+                    ins = [args[i] for i in positions]
+                    if len(ins) != len(last[0]) or not all(map(operator.is_, ins, last[0])):
+                        last[0], last[1] = ins, scalar_fn(*ins)
+                    return main_fn(*args, *last[1])
+
         if order is not None:
             self._direct[len(self._calling or ())] = (fn, order)
         return fn
@@ -272,6 +292,63 @@ class _Kernel:
                 self._dynamo(*args)
         finally:
             self._calling = None
+
+
+def _split_scalars(
+    gm: torch.fx.GraphModule,
+) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule, list[int]] | None:
+    """Move the graph's scalar maths (0-d tensors from 0-d inputs: ``b1 / (1 - b1 * b1t)``)
+    into a graph of its own, whose results become new, last inputs of a copy of ``gm``
+    (Dynamo's own graph is left as it is).
+
+    TorchInductor would otherwise recompute it inside every element loop, where the C++
+    compiler cannot hoist it (it sits under the loop's tail test): NAdam on 25M elements took
+    10.5 ms that way and 8.9 ms with its scalars computed once (fused Adam: 8.4 ms).  Returns
+    the main graph, the scalar graph and the positions of its inputs among ``gm``'s, or
+    ``None`` if there is nothing to move.
+    """
+    graph = torch.fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+
+    def zero_dim(n: torch.fx.Node) -> bool:
+        v = n.meta.get("example_value")
+        return isinstance(v, torch.Tensor) and v.dim() == 0
+
+    scalar: list[torch.fx.Node] = []
+    inside: set[torch.fx.Node] = set()
+    for n in graph.nodes:
+        if n.op not in ("call_function", "call_method") or not zero_dim(n):
+            continue
+        name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+        if name.endswith("_") and not name.endswith("__"):
+            continue  # an in-place op: it stays where it is
+        if all((a.op == "placeholder" and zero_dim(a)) or a in inside for a in n.all_input_nodes):
+            scalar.append(n)
+            inside.add(n)
+    boundary = [n for n in scalar if any(u not in inside for u in n.users)]
+    if not boundary:
+        return None
+    used = [p for p in placeholders if any(u in inside for u in p.users)]
+    positions = [placeholders.index(p) for p in used]
+    sub = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    for p in used:
+        env[p] = sub.placeholder(p.name)
+        env[p].meta = dict(p.meta)
+    for n in scalar:
+        env[n] = sub.node_copy(n, lambda a: env[a])
+    sub.output(tuple(env[b] for b in boundary))
+    scalar_gm = torch.fx.GraphModule(gm, sub)
+    last = placeholders[-1]
+    for k, b in enumerate(boundary):
+        with graph.inserting_after(last):
+            last = graph.placeholder(f"fluxtrain_scalar_{k}")
+        last.meta = dict(b.meta)
+        b.replace_all_uses_with(last, delete_user_cb=lambda user: user not in inside)
+    for n in reversed(scalar):
+        graph.erase_node(n)
+    return torch.fx.GraphModule(gm, graph), scalar_gm, positions
 
 
 def _argument_order(gm: torch.fx.GraphModule, example_inputs: list, args: list) -> list | None:
