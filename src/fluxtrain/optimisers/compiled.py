@@ -487,13 +487,16 @@ def try_compiled(g: Any) -> bool:
     new_scalars = {i: _from_tensor(v, template[i]) for i, v in zip(scalar_pos, outs)}
     renew = _swapper(leaf_state, new_scalars)
     for w in items:
-        if w.x.numel() < 2:
-            continue
-        new = renew(inner(w))
-        w.leaf.state = (w.leaf.state[0] + 1, new) if scheduled else new
-        cache = w.leaf._kernel_cache
-        if cache is not None:
-            w.leaf._kernel_cache = (new, *cache[1:])  # same tensors, new scalars
+        leaf = w.leaf
+        cache = leaf._kernel_cache
+        if cache is None:
+            continue  # a one-element leaf, updated eagerly above
+        if scheduled:
+            new = renew(leaf.state[1])
+            leaf.state = (leaf.state[0] + 1, new)
+        else:
+            new = leaf.state = renew(leaf.state)
+        leaf._kernel_cache = (new, cache[1], cache[2])  # same tensors, new scalars
     return True
 
 
@@ -546,8 +549,15 @@ def _swapper(template: Any, values: dict[int, Any]) -> Any:
     if top[0] == "keep":
         return lambda s: s
     if top[0] == "tuple" and all(q[0] != "tuple" for q in top[1]):
-        kinds = [(q[0] == "keep", q[1] if q[0] == "const" else None) for q in top[1]]
-        return lambda s: tuple(e if keep else c for (keep, c), e in zip(kinds, s))
+        consts = [(i, q[1]) for i, q in enumerate(top[1]) if q[0] == "const"]
+
+        def swap(s: tuple) -> tuple:
+            parts = list(s)
+            for i, c in consts:
+                parts[i] = c
+            return tuple(parts)
+
+        return swap
     return lambda s: apply(top, s)
 
 

@@ -361,14 +361,32 @@ def group(items: list[Work]) -> list[Group]:
     by_key: dict[tuple, list[Work]] = defaultdict(list)
     for ws in by_rule.values():
         rule = equal.setdefault(ws[0].leaf.rule, id(ws[0].leaf.rule))
+        before, scalars = None, ()
         for w in ws:
             x, dx = w.x, w.dx
             plain = (type(x) is torch.Tensor or type(x) is torch.nn.Parameter) and (
                 type(dx) is torch.Tensor
             )
             kind = "dense" if plain or (_dense(x) and _dense(dx)) else id(w)
-            by_key[(rule, x.dtype, x.device, kind, _scalars(w.leaf.state))].append(w)
+            state = w.leaf.state
+            if before is None or not _same_scalar_objects(state, before):
+                scalars = _scalars(state)
+            before = state
+            by_key[(rule, x.dtype, x.device, kind, scalars)].append(w)
     return [Group(ws[0].leaf.rule, ws) for ws in by_key.values()]
+
+
+def _same_scalar_objects(a: Any, b: Any) -> bool:
+    """True if the states ``a`` and ``b`` have one structure and hold the very same objects
+    wherever they hold no tensor: then their scalars are equal without comparing them.  After
+    a grouped step the leaves of a group share their scalar parts, so this is the common case,
+    and far cheaper than collecting the scalars of every leaf."""
+    if type(a) is not tuple or type(b) is not tuple or len(a) != len(b):
+        return False
+    for p, q in zip(a, b):
+        if p is not q and not (isinstance(p, torch.Tensor) and isinstance(q, torch.Tensor)):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
