@@ -54,6 +54,19 @@ def grads(m: dict, seed: int) -> dict:
     return {k: torch.randn(t.shape, generator=g, dtype=t.dtype) for k, t in m.items()}
 
 
+def train_against_reference(rule, steps: int) -> None:
+    """Update a model with ``rule`` for ``steps`` steps through the engine and the per-tensor
+    reference side by side, and require the same parameters."""
+    fast, ref = model(), model()
+    s_fast, s_ref = ft.setup(rule, fast), ft.setup(rule, ref)
+    for step in range(steps):
+        g = grads(fast, step)
+        ft.update_(s_fast, fast, g)
+        engine.run_reference(_collect(s_ref, ref, g, use_dot_grad=False))
+    for k in fast:
+        torch.testing.assert_close(fast[k], ref[k], rtol=1e-12, atol=1e-12)
+
+
 def count_compiled_groups(monkeypatch) -> list[bool]:
     ran: list[bool] = []
     original = compiled.try_compiled
@@ -185,19 +198,11 @@ def test_kernels_are_compiled_on_large_stand_ins_then_called_without_dynamo(
         return original(self, args)
 
     monkeypatch.setattr(compiled._Kernel, "_through_dynamo", spy)
-    fast, ref = model(), model()
-    rule = ft.NAdam(0.01)
-    s_fast, s_ref = ft.setup(rule, fast), ft.setup(rule, ref)
-    for step in range(4):
-        g = grads(fast, step)
-        ft.update_(s_fast, fast, g)
-        engine.run_reference(_collect(s_ref, ref, g, use_dot_grad=False))
+    train_against_reference(ft.NAdam(0.01), steps=4)
     # one compiling call, on stand-ins of one large length (so that every loop is compiled to
     # run on all threads, whatever the sizes of the model that came first); then direct calls
     assert len(seen) == 1
     assert set(seen[0]) == {compiled._COMPILE_LENGTH}
-    for k in fast:
-        torch.testing.assert_close(fast[k], ref[k], rtol=1e-12, atol=1e-12)
 
 
 def test_one_element_parameters_and_shared_gradient_tensors_in_a_compiled_group(
@@ -243,13 +248,7 @@ def test_scalar_maths_is_computed_once_outside_the_element_loops(compile_everyth
         return splits[-1]
 
     monkeypatch.setattr(compiled, "_split_scalars", spy)
-    fast, ref = model(), model()
-    rule = ft.NAdam(0.01)
-    s_fast, s_ref = ft.setup(rule, fast), ft.setup(rule, ref)
-    for step in range(3):
-        g = grads(fast, step)
-        ft.update_(s_fast, fast, g)
-        engine.run_reference(_collect(s_ref, ref, g, use_dot_grad=False))
+    train_against_reference(ft.NAdam(0.01), steps=3)
     assert len(splits) == 1 and splits[0] is not None
     main, scalars, _ = splits[0]
 
@@ -260,5 +259,3 @@ def test_scalar_maths_is_computed_once_outside_the_element_loops(compile_everyth
     # in the element loops divides only the moment by its denominator, once per parameter.
     assert len(divisions(scalars)) >= 3
     assert len(divisions(main)) == compiled.configure()["chunk"]
-    for k in fast:
-        torch.testing.assert_close(fast[k], ref[k], rtol=1e-12, atol=1e-12)
