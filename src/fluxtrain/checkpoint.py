@@ -1005,11 +1005,7 @@ def load(
         tensor([1., 2.])
     """
     path = Path(path)
-    for name, obj in targets.items():  # the caller's mistake, told before the file is read
-        if not hasattr(obj, "load_state_dict"):
-            raise TypeError(
-                f"load: {name}= must be an object with load_state_dict(), got {type(obj).__name__}"
-            )
+    _check_targets(targets)  # the caller's mistake, told before the file is read
     # A directory written by save_sharded (FSDP2) is read by load_sharded, on any number of ranks.
     if (Path(path) / "fluxtrain.json").is_file():
         from .sharded_checkpoint import load_sharded
@@ -1049,21 +1045,42 @@ def load(
             _check_rng_state(rng, r)
     except CheckpointError:
         raise
-    except (
-        TypeError,
-        ValueError,
-        KeyError,
-        IndexError,
-        AttributeError,
-        OverflowError,
-        RecursionError,
-        RuntimeError,
-    ) as e:  # whatever else a hostile or damaged structure provokes
+    except DAMAGE_ERRORS as e:
         raise r.error(f"damaged or unsupported content ({type(e).__name__}: {e})") from e
 
     # Everything we can check was checked.  Objects such as a DataLoader validate their own
     # state in load_state_dict, so they go first: if one refuses, model and state are untouched
     # and the objects loaded before it get their old state back.
+    finish_load(stateful, r, copies, rng, skipped, f"load({path.name}, strict=False)")
+    return LoadResult(extras, skipped=skipped)
+
+
+# Whatever else a hostile or damaged checkpoint structure provokes while it is read.
+DAMAGE_ERRORS = (
+    TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, RecursionError,
+    RuntimeError,
+)  # fmt: skip
+
+
+def _check_targets(targets: dict[str, Any]) -> None:
+    for name, obj in targets.items():
+        if not hasattr(obj, "load_state_dict"):
+            raise TypeError(
+                f"load: {name}= must be an object with load_state_dict(), got {type(obj).__name__}"
+            )
+
+
+def finish_load(
+    stateful: list[tuple[str, Any, Any]],
+    r: _Reader,
+    copies: list[Callable[[], None]],
+    rng: Any,
+    skipped: list[str],
+    what: str,
+) -> None:
+    """Change things, once everything was checked: the objects first (they validate their own
+    state, and one refusing leaves the model untouched), then the tensors, then the RNGs; warn
+    of what ``strict=False`` skipped."""
     _load_stateful(stateful, r)
     with torch.no_grad():
         for c in copies:
@@ -1072,12 +1089,11 @@ def load(
         _set_rng_state(rng)
     if skipped:
         warnings.warn(
-            f"load({path.name}, strict=False) skipped {len(skipped)} entries: "
+            f"{what} skipped {len(skipped)} entries: "
             + "; ".join(skipped[:5])
             + (" ..." if len(skipped) > 5 else ""),
-            stacklevel=2,
+            stacklevel=3,
         )
-    return LoadResult(extras, skipped=skipped)
 
 
 def _load_stateful(stateful: list[tuple[str, Any, Any]], r: _Reader) -> None:

@@ -374,11 +374,7 @@ def load_sharded(
     from torch.distributed.checkpoint import HuggingFaceStorageReader
 
     path = Path(path)
-    for name, obj in targets.items():
-        if not hasattr(obj, "load_state_dict"):
-            raise TypeError(
-                f"load: {name}= must be an object with load_state_dict(), got {type(obj).__name__}"
-            )
+    C._check_targets(targets)
     structure = _read_structure(path)
     reader = HuggingFaceStorageReader(str(path))
     try:
@@ -432,7 +428,7 @@ def load_sharded(
             stateful_names.append((name, obj))
     except C.CheckpointError:
         raise
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError) as e:
+    except C.DAMAGE_ERRORS as e:
         raise C.CheckpointError(
             f"{where}: damaged or unsupported content ({type(e).__name__}: {e})"
         ) from e
@@ -448,19 +444,9 @@ def load_sharded(
         rng = C._decode(per_rank.get("rng"), "rng", loaded)
         C._check_rng_state(rng, loaded)
 
-    C._load_stateful(stateful, loaded)
-    with torch.no_grad():
-        for f in finish:
-            f()
-    if rng is not None:
-        C._set_rng_state(rng)
-    if skipped:
-        warnings.warn(
-            f"load_sharded({path.name}, strict=False) skipped {len(skipped)} entries: "
-            + "; ".join(skipped[:5])
-            + (" ..." if len(skipped) > 5 else ""),
-            stacklevel=2,
-        )
+    C.finish_load(
+        stateful, loaded, finish, rng, skipped, f"load_sharded({path.name}, strict=False)"
+    )
     return C.LoadResult(extras, skipped=skipped)
 
 
