@@ -104,6 +104,17 @@ def test_writing_lr_of_a_group_whose_rule_has_no_eta_names_the_rule():
         opt.param_groups[0]["lr"] = 0.1
 
 
+def _step_both(model, opt, sched, ref, ref_sched, x, y) -> None:
+    """One step of fluxtrain's optimiser and its scheduler, and of the torch optimiser and its
+    scheduler, which only carry the reference learning rates (their parameters get no gradients)."""
+    opt.zero_grad()
+    _loss(model, x, y).backward()
+    opt.step()
+    sched.step()
+    ref.step()
+    ref_sched.step()
+
+
 def test_cosine_annealing_lr_gives_torchs_learning_rates_on_the_leaves():
     model = _model()
     opt = ft.TorchOptimizer(model, ft.Momentum(0.1, 0.9))
@@ -112,12 +123,7 @@ def test_cosine_annealing_lr_gives_torchs_learning_rates_on_the_leaves():
     ref_sched = torch.optim.lr_scheduler.CosineAnnealingLR(ref, T_max=10, eta_min=0.001)
     seen = []
     for x, y in _batches(10):
-        opt.zero_grad()
-        _loss(model, x, y).backward()
-        opt.step()
-        ref.step()
-        sched.step()
-        ref_sched.step()
+        _step_both(model, opt, sched, ref, ref_sched, x, y)
         torch_lr = ref.param_groups[0]["lr"]
         etas = {leaf.rule.eta for leaf in ft.leaves(opt.opt_state)}
         assert etas == {torch_lr}  # exactly, not approximately
@@ -133,12 +139,7 @@ def test_onecycle_lr_cycles_adam_beta1_as_for_torch_adam():
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=8)
     ref_sched = torch.optim.lr_scheduler.OneCycleLR(ref, max_lr=0.1, total_steps=8)
     for x, y in _batches(7):
-        opt.zero_grad()
-        _loss(model, x, y).backward()
-        opt.step()
-        sched.step()
-        ref.step()
-        ref_sched.step()
+        _step_both(model, opt, sched, ref, ref_sched, x, y)
         leaf = opt.opt_state[0].weight
         assert leaf.rule.eta == ref.param_groups[0]["lr"]
         assert leaf.rule.beta == tuple(ref.param_groups[0]["betas"])
