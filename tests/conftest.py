@@ -15,3 +15,16 @@ def fresh_accelerate_state():
     yield
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A torch.distributed process group of this process alone (gloo), for DDP and FSDP on one
+    CPU; destroyed after the test."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    yield
+    dist.destroy_process_group()

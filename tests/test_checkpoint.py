@@ -362,24 +362,16 @@ def test_rng_states_are_restored_by_load(tmp_path):
     assert not torch.equal(torch.rand(3), first[0])
 
 
-def test_ddp_wrapped_model_is_saved_without_module_prefix(tmp_path):
-    import torch.distributed as dist
-
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
-    )
-    try:
-        inner = make()
-        ddp = torch.nn.parallel.DistributedDataParallel(inner)
-        st = ft.setup(ft.Adam(), ddp)
-        ft.save(tmp_path / "c.safetensors", model=ddp, opt_state=st)
-        names = list(load_file(tmp_path / "c.safetensors"))
-        assert "model/0.weight" in names and not any("module" in n for n in names)
-        plain = make()
-        ft.load(tmp_path / "c.safetensors", model=plain)  # loads into an unwrapped model
-        assert torch.equal(plain[1].weight, inner[1].weight)
-    finally:
-        dist.destroy_process_group()
+def test_ddp_wrapped_model_is_saved_without_module_prefix(tmp_path, one_process_group):
+    inner = make()
+    ddp = torch.nn.parallel.DistributedDataParallel(inner)
+    st = ft.setup(ft.Adam(), ddp)
+    ft.save(tmp_path / "c.safetensors", model=ddp, opt_state=st)
+    names = list(load_file(tmp_path / "c.safetensors"))
+    assert "model/0.weight" in names and not any("module" in n for n in names)
+    plain = make()
+    ft.load(tmp_path / "c.safetensors", model=plain)  # loads into an unwrapped model
+    assert torch.equal(plain[1].weight, inner[1].weight)
 
 
 # ---------------------------------------------------------------------------------------------

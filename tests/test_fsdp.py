@@ -171,33 +171,26 @@ def test_save_sharded_never_replaces_a_directory_it_did_not_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "mine"]  # no temporaries left
 
 
-def test_setup_and_update_see_through_fsdp1_wrapper_as_through_ddp(tmp_path):
+def test_setup_and_update_see_through_fsdp1_wrapper_as_through_ddp(one_process_group):
     import copy
 
-    import torch.distributed as dist
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     from fluxtrain.optimisers.state import unwrap
 
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
-    )
-    try:
-        plain = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
-        inner = copy.deepcopy(plain)
-        wrapped = FullyShardedDataParallel(inner, use_orig_params=True, device_id="cpu")
-        assert unwrap(wrapped) is inner
-        st = ft.setup(ft.Adam(0.1), wrapped)
-        assert list(ft.tree.children(st)) == ["0", "1"]  # the inner model's tree: no "module"
-        ref = ft.setup(ft.Adam(0.1), plain)
-        x = torch.randn(5, 3)
-        wrapped(x).sum().backward()
-        ft.update_(st, wrapped)
-        plain(x).sum().backward()
-        ft.update_(ref, plain)
-        assert all(torch.allclose(p, q) for p, q in zip(plain.parameters(), inner.parameters()))
-    finally:
-        dist.destroy_process_group()
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+    inner = copy.deepcopy(plain)
+    wrapped = FullyShardedDataParallel(inner, use_orig_params=True, device_id="cpu")
+    assert unwrap(wrapped) is inner
+    st = ft.setup(ft.Adam(0.1), wrapped)
+    assert list(ft.tree.children(st)) == ["0", "1"]  # the inner model's tree: no "module"
+    ref = ft.setup(ft.Adam(0.1), plain)
+    x = torch.randn(5, 3)
+    wrapped(x).sum().backward()
+    ft.update_(st, wrapped)
+    plain(x).sum().backward()
+    ft.update_(ref, plain)
+    assert all(torch.allclose(p, q) for p, q in zip(plain.parameters(), inner.parameters()))
 
 
 def test_sharded_load_refuses_a_damaged_or_missing_shard_file_and_changes_nothing(tmp_path):

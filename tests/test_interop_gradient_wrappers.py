@@ -56,73 +56,53 @@ def test_gradient_tree_of_a_data_parallel_model_has_no_module_level():
     ft.update_(st, wrapped, g)  # the same state serves the wrapped model
 
 
-def test_gradient_tree_of_a_ddp_model_has_no_module_level(tmp_path):
-    import torch.distributed as dist
-
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
-    )
-    try:
-        inner = _model()
-        ddp = torch.nn.parallel.DistributedDataParallel(inner)
-        x, y = _data(1)[0]
-        (g,) = ft.gradient(lambda m: _loss(m, x, y), ddp)
-        (ref,) = ft.gradient(lambda m: _loss(m, x, y), copy.deepcopy(inner))
-        assert "module" not in g and torch.allclose(g[0].weight, ref[0].weight)
-        st = ft.setup(ft.Descent(0.1), inner)
-        before = inner[0].weight.detach().clone()
-        ft.update_(st, ddp, g)
-        assert torch.allclose(inner[0].weight, before - 0.1 * ref[0].weight)
-    finally:
-        dist.destroy_process_group()
+def test_gradient_tree_of_a_ddp_model_has_no_module_level(one_process_group):
+    inner = _model()
+    ddp = torch.nn.parallel.DistributedDataParallel(inner)
+    x, y = _data(1)[0]
+    (g,) = ft.gradient(lambda m: _loss(m, x, y), ddp)
+    (ref,) = ft.gradient(lambda m: _loss(m, x, y), copy.deepcopy(inner))
+    assert "module" not in g and torch.allclose(g[0].weight, ref[0].weight)
+    st = ft.setup(ft.Descent(0.1), inner)
+    before = inner[0].weight.detach().clone()
+    ft.update_(st, ddp, g)
+    assert torch.allclose(inner[0].weight, before - 0.1 * ref[0].weight)
 
 
-def _fully_sharded(tmp_path):
-    """A model and its copy sharded with FSDP2's ``fully_shard`` (one process, gloo)."""
-    import torch.distributed as dist
+def _fully_sharded():
+    """A model and its copy sharded with FSDP2's ``fully_shard`` (in a one-process group)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
-    )
     plain = _model()
     sharded = copy.deepcopy(plain)
     fully_shard(sharded, mesh=init_device_mesh("cpu", (1,)))
     return plain, sharded
 
 
-def test_gradient_of_an_fsdp_sharded_model_is_its_own_tree_with_the_plain_models_values(tmp_path):
-    import torch.distributed as dist
-
-    try:
-        plain, sharded = _fully_sharded(tmp_path)
-        x, y = _data(1)[0]
-        (g,) = ft.gradient(lambda m: _loss(m, x, y), sharded)
-        (ref,) = ft.gradient(lambda m: _loss(m, x, y), plain)
-        assert g[1] is None and ref[1] is None  # the same tree as the plain model's
-        for layer in (0, 2):
-            for name in ("weight", "bias"):
-                got = getattr(g[layer], name)
-                want = getattr(ref[layer], name)
-                assert torch.allclose(got.full_tensor(), want, atol=1e-6), (layer, name)
-        assert all(p.grad is None for p in sharded.parameters())  # .grad left as it was
-    finally:
-        dist.destroy_process_group()
+def test_gradient_of_an_fsdp_sharded_model_is_its_own_tree_with_the_plain_models_values(
+    one_process_group,
+):
+    plain, sharded = _fully_sharded()
+    x, y = _data(1)[0]
+    (g,) = ft.gradient(lambda m: _loss(m, x, y), sharded)
+    (ref,) = ft.gradient(lambda m: _loss(m, x, y), plain)
+    assert g[1] is None and ref[1] is None  # the same tree as the plain model's
+    for layer in (0, 2):
+        for name in ("weight", "bias"):
+            got = getattr(g[layer], name)
+            want = getattr(ref[layer], name)
+            assert torch.allclose(got.full_tensor(), want, atol=1e-6), (layer, name)
+    assert all(p.grad is None for p in sharded.parameters())  # .grad left as it was
 
 
-def test_gradient_of_an_fsdp_sharded_model_updates_it_as_the_plain_model(tmp_path):
+def test_gradient_of_an_fsdp_sharded_model_updates_it_as_the_plain_model(one_process_group):
     # Needs the update engine to leave parameters' storage alone (DTensor parameters).
-    import torch.distributed as dist
-
-    try:
-        plain, sharded = _fully_sharded(tmp_path)
-        st_plain = ft.setup(ft.Adam(0.01), plain)
-        st_sharded = ft.setup(ft.Adam(0.01), sharded)
-        for x, y in _data(3):
-            ft.update_(st_plain, plain, ft.gradient(_loss, plain, x, y)[0])
-            ft.update_(st_sharded, sharded, ft.gradient(_loss, sharded, x, y)[0])
-        for p, q in zip(plain.parameters(), sharded.parameters()):
-            assert torch.allclose(p, q.full_tensor(), atol=1e-6)
-    finally:
-        dist.destroy_process_group()
+    plain, sharded = _fully_sharded()
+    st_plain = ft.setup(ft.Adam(0.01), plain)
+    st_sharded = ft.setup(ft.Adam(0.01), sharded)
+    for x, y in _data(3):
+        ft.update_(st_plain, plain, ft.gradient(_loss, plain, x, y)[0])
+        ft.update_(st_sharded, sharded, ft.gradient(_loss, sharded, x, y)[0])
+    for p, q in zip(plain.parameters(), sharded.parameters()):
+        assert torch.allclose(p, q.full_tensor(), atol=1e-6)
