@@ -423,6 +423,7 @@ def try_compiled(g: Any) -> bool:
 
     # Lengths 0 and 1 would make the compiler specialise; such leaves (rare) run eagerly.
     tiny: list[Any] = []
+    updated: list[torch.Tensor] = []  # the parameters the kernel updates
     entries: list[torch.Tensor] = []
     kinds = None
     for w in items:  # runs for every leaf of every step: kept to plain attribute reads
@@ -445,6 +446,7 @@ def try_compiled(g: Any) -> bool:
                 return False
             kinds = cached[2]
         entries += (cached[0], dx if dx.dim() == 1 else dx.view(-1), *cached[1])
+        updated.append(x)
     if kinds is None:
         return False
     key = (structure, x0.device.type, kinds, scalar_pos, len(template))
@@ -478,7 +480,7 @@ def try_compiled(g: Any) -> bool:
     # The kernel wrote through aliases with version counters of their own: tell autograd that
     # the parameters changed, as an in-place torch.optim step does (a graph that saved a
     # parameter before the step then refuses to backpropagate instead of using new values).
-    torch.autograd.graph.increment_version([w.x for w in items if w.x.numel() >= 2])
+    torch.autograd.graph.increment_version(updated)
     for w in tiny:
         _run_single(w)
     if not scalar_pos and not scheduled:

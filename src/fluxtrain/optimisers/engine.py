@@ -210,6 +210,24 @@ def _gradient(w: Work) -> torch.Tensor:
     return g
 
 
+def _checked_gradient(w: Work) -> torch.Tensor:
+    """The leaf's gradient (tied parameters' summed, in the parameter's dtype and device), each
+    part checked by ``check_gradient``."""
+    x, grads = w.x, w.grads
+    g = grads[0]
+    if (  # the common case, which every check would pass as it is: said in one expression
+        len(grads) == 1
+        and g.dtype == x.dtype
+        and g.layout == torch.strided
+        and x.is_floating_point()
+        and ((g.is_cpu and x.is_cpu) or g.device == x.device)
+    ):
+        return g
+    for h in grads:
+        check_gradient(w, h)
+    return _gradient(w)
+
+
 def check_gradient(w: Work, g: torch.Tensor) -> None:
     """Refuse gradients that would be silently wrong: sparse, integer/bool, complex for real."""
     if g.layout != torch.strided:
@@ -364,10 +382,7 @@ def group(items: list[Work]) -> list[Group]:
         before, scalars = None, ()
         for w in ws:
             x, dx = w.x, w.dx
-            plain = (type(x) is torch.Tensor or type(x) is torch.nn.Parameter) and (
-                type(dx) is torch.Tensor
-            )
-            kind = "dense" if plain or (_dense(x) and _dense(dx)) else id(w)
+            kind = "dense" if _dense(x) and _dense(dx) else id(w)
             state = w.leaf.state
             if before is None or not _same_scalar_objects(state, before):
                 scalars = _scalars(state)
@@ -680,24 +695,10 @@ def step(items: list[Work], check_finite: bool = False) -> None:
         subclassed: list[int] = []  # parameters holding a tensor subclass (FSDP2's DTensor)
         for i, w in enumerate(items):
             follow_parameter(w)
-            kind = type(w.x)
-            if kind is not torch.nn.Parameter and kind is not torch.Tensor and not _dense(w.x):
+            if not _dense(w.x):
                 subclassed.append(i)
             if w.dx is None:
-                x, grads = w.x, w.grads
-                g = grads[0]
-                if (  # the common case, which every check below would pass as it is
-                    len(grads) == 1
-                    and g.dtype == x.dtype
-                    and g.layout == torch.strided
-                    and x.is_floating_point()
-                    and ((g.is_cpu and x.is_cpu) or g.device == x.device)
-                ):
-                    w.dx = g
-                    continue
-                for h in grads:
-                    check_gradient(w, h)
-                w.dx = _gradient(w)
+                w.dx = _checked_gradient(w)
         if check_finite:
             _check_finite(items)
         _check_head_clips(items)
