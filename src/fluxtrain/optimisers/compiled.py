@@ -16,10 +16,13 @@ like PyTorch's hand-written fused kernels.  This module compiles it:
   filled with two-element throwaway entries.
 * **Called directly.**  After the one compiling call through ``torch.compile``, the kernel is
   called without TorchDynamo: the compiled graph's inputs are mapped once to the call's
-  arguments, and the conditions Dynamo's guards would check (1-D contiguous tensors of the
+  arguments, and the conditions Dynamo's guards would check (contiguous tensors of the
   kernel's dtypes on its device, lengths of at least 2, no gradient tracking) hold by
-  construction here.  This keeps a call at a few microseconds, so even a model of hundreds of
-  small tensors runs each one in place, with no gathering.
+  construction here.  Parameters and state go in as cached 1-D aliases, gradients as they are
+  (a view per gradient and step would cost more than the call), with TorchInductor's size
+  asserts off: the kernel reads each length from the parameter's alias, which comes first.
+  This keeps a call at a few microseconds, so even a model of hundreds of small tensors runs
+  each one in place, with no gathering.
 * Only groups of at least ``min_numel`` elements are compiled (compiling takes seconds, which
   small models would never win back); smaller groups, lower precisions, tensor subclasses and
   rules outside ``COMPILABLE`` use the eager paths of the engine.  If compiling fails
@@ -231,11 +234,16 @@ class _Kernel:
         from torch._inductor.compile_fx import compile_fx
 
         _compiles[0] += 1
-        order = _argument_order(gm, example_inputs, self._calling or [])
+        calling = self._calling or []
+        gm, example_inputs, perm = _inputs_in_call_order(gm, example_inputs, calling)
+        order = _argument_order(gm, example_inputs, calling)
         # One C++ function per parameter: fused horizontally into one function, the loops of
         # a chunk grow too large for the C++ compiler to inline the vector operations, and run
         # several times slower (measured: 8 NAdam loops in one function took 7x longer).
-        with torch._inductor.config.patch({"cpp.max_horizontal_fusion_size": 1}):
+        # No size asserts: the direct calls pass tensors whose sizes hold by construction
+        # (a gradient may be N-D; only its memory and its length, passed separately, count).
+        patch = {"cpp.max_horizontal_fusion_size": 1, "size_asserts": False}
+        with torch._inductor.config.patch(patch):
             split = _split_scalars(gm)
             if split is None:
                 fn = compile_fx(gm, example_inputs)
@@ -257,8 +265,9 @@ class _Kernel:
                     return main_fn(*args, *last[1])
 
         if order is not None:
-            self._direct[len(self._calling or ())] = (fn, order)
-        return fn
+            self._direct[len(calling)] = (fn, order)
+        compiled_fn = fn
+        return lambda *args: compiled_fn(*[args[i] for i in perm])  # in Dynamo's order
 
     def __call__(self, args: list[torch.Tensor]) -> None:
         direct = self._direct.get(len(args))
@@ -275,9 +284,14 @@ class _Kernel:
             direct = self._direct.get(len(args))
         if direct is not None:
             fn, order = direct
-            fn(*[args[i] if i >= 0 else args[~i].shape[0] for i in order])
-        else:  # 1-D views would make Dynamo specialise on their bases' shapes
-            self._through_dynamo([a if a._base is None else _flat(a) for a in args])
+            fn(*[args[i] if i >= 0 else args[~i].numel() for i in order])
+        else:  # N-D tensors and views would make Dynamo specialise on their (bases') shapes
+            self._through_dynamo(
+                [
+                    a if a.dim() == 0 or (a.dim() == 1 and a._base is None) else _flat(a)
+                    for a in args
+                ]
+            )
 
     def _through_dynamo(self, args: list[torch.Tensor]) -> None:
         self._calling = args
@@ -349,6 +363,36 @@ def _split_scalars(
     for n in reversed(scalar):
         graph.erase_node(n)
     return torch.fx.GraphModule(gm, graph), scalar_gm, positions
+
+
+def _inputs_in_call_order(
+    gm: torch.fx.GraphModule, example_inputs: list, args: list
+) -> tuple[torch.fx.GraphModule, list, list[int]]:
+    """A copy of ``gm`` whose tensor inputs come in the order of the call's arguments (lengths
+    last), the example inputs in that order, and the permutation from Dynamo's order.
+
+    TorchInductor reads a length it is not given from the first input that has it.  In call
+    order that is a parameter's own 1-D alias, never its gradient, which the direct calls pass
+    as it is (N-D: its first dimension is not the length)."""
+    index = {id(a): i for i, a in enumerate(args)}
+    olds = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    perm = sorted(
+        range(len(olds)),
+        key=lambda k: (
+            index.get(id(example_inputs[k]), len(args) + k)
+            if isinstance(example_inputs[k], torch.Tensor)
+            else len(args) + k
+        ),
+    )
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    for k in perm:
+        env[olds[k]] = graph.placeholder(olds[k].name)
+        env[olds[k]].meta = dict(olds[k].meta)
+    for n in gm.graph.nodes:
+        if n.op != "placeholder":
+            env[n] = graph.node_copy(n, lambda a: env[a])
+    return torch.fx.GraphModule(gm, graph), [example_inputs[k] for k in perm], perm
 
 
 def _argument_order(gm: torch.fx.GraphModule, example_inputs: list, args: list) -> list | None:
@@ -445,7 +489,7 @@ def try_compiled(g: Any) -> bool:
             if kinds is not None:
                 return False
             kinds = cached[2]
-        entries += (cached[0], dx if dx.dim() == 1 else dx.view(-1), *cached[1])
+        entries += (cached[0], dx, *cached[1])  # dx as it is: only its memory is read
         updated.append(x)
     if kinds is None:
         return False
