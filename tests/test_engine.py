@@ -198,6 +198,35 @@ def test_a_scheduled_adam_uses_the_fused_kernel_with_the_scheduled_rate(monkeypa
     assert state["a"].state[0] == 4
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_momentum_runs_in_torchs_fused_sgd_with_optimisers_jl_velocity(monkeypatch, dtype):
+    calls = []
+    original = torch._fused_sgd_
+
+    def spy(*args, **kw):
+        calls.append((kw["lr"], kw["dampening"], len(args[0])))
+        return original(*args, **kw)
+
+    monkeypatch.setattr(torch, "_fused_sgd_", spy)
+    fused_model, ref_model = make_model(dtype), make_model(dtype)
+    fused_state = ft.setup(ft.Momentum(0.01, 0.9), fused_model)
+    ref_state = ft.setup(ft.Momentum(0.01, 0.9), ref_model)
+    for step in range(3):
+        grads = random_grads(fused_model, seed=step)
+        ft.update_(fused_state, fused_model, grads)
+        reference_update_(ref_state, ref_model, grads)
+        if step == 1:  # adjust_ changes eta: the same kernel, a new dampening
+            ft.adjust_(fused_state, eta=0.02)
+            ft.adjust_(ref_state, eta=0.02)
+    assert calls == [(1.0, 1.0 - 0.01, 4), (1.0, 1.0 - 0.01, 4), (1.0, 1.0 - 0.02, 4)]
+    rtol = 1e-6 if dtype == torch.float32 else 1e-12
+    for a, b in zip(flat_tensors(fused_model), flat_tensors(ref_model)):
+        assert_close_rel(a, b, rtol)
+    # the state is Optimisers.jl's velocity (eta included), not torch's buffer
+    for la, lb in zip(ft.leaves(fused_state), ft.leaves(ref_state)):
+        assert_close_rel(la.state, lb.state, rtol)
+
+
 def test_adjusting_eta_keeps_every_parameters_storage():
     model = make_model()
     state = ft.setup(ft.Adam(0.01), model)

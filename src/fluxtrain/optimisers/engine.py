@@ -13,8 +13,8 @@ Design (see docs/engine.md for the measurements behind it):
   updated by exactly one of three kernels, chosen in this order:
 
   1. PyTorch's fused multi-tensor kernels where their maths is Optimisers.jl's exactly
-     (``torch._fused_adam_`` for Adam and coupled AdamW, ``torch._fused_adagrad_``), run on the
-     lists of the user's tensors as they are;
+     (``torch._fused_adam_`` for Adam and coupled AdamW, ``torch._fused_adagrad_``, and
+     ``torch._fused_sgd_`` for Momentum), run on the lists of the user's tensors as they are;
   2. the rule's own maths compiled by ``torch.compile`` into one single-pass kernel per call
      (``compiled``), when it is enabled and the group is large enough
      for compiling to pay;
@@ -513,7 +513,12 @@ def _try_fused(g: Group) -> bool:
     if hasattr(rule, "rule_at") and isinstance(state0[0], int):
         rule, scheduled = rule.rule_at(state0[0]), True  # a Scheduler: its rule at step t
     kind = type(rule)
-    if not (kind is R.Adam or (kind is R.AdamW and rule.couple) or kind is R.AdaGrad):
+    if not (
+        kind is R.Adam
+        or (kind is R.AdamW and rule.couple)
+        or kind is R.AdaGrad
+        or (kind is R.Momentum and rule.rho != 0)
+    ):
         return False
     if x0.dtype not in (torch.float32, torch.float64) or not _plain(g):
         return False  # lower precisions need Optimisers.jl's epsilon floor: use the rule's maths
@@ -540,6 +545,17 @@ def _try_fused(g: Group) -> bool:
         torch._fused_adagrad_(
             xs, dxs, list(inner), [step] * len(xs),
             lr=rule.eta, lr_decay=0.0, weight_decay=0.0, eps=rule.epsilon, maximize=False,
+        )  # fmt: skip
+        new = inner
+    elif kind is R.Momentum:
+        # torch's buffer update is  buf = momentum * buf + (1 - dampening) * g  and its step
+        # x -= lr * buf: with dampening = 1 - eta and lr = 1 the buffer is Optimisers.jl's
+        # velocity  v = rho * v + eta * dx  and the step  x -= v  (1 - (1 - eta) is eta to
+        # within 1e-16; a zero rho would make torch skip the buffer, hence rho != 0 above).
+        torch._fused_sgd_(
+            xs, dxs, list(inner),
+            weight_decay=0.0, momentum=rule.rho, lr=1.0, dampening=1.0 - rule.eta,
+            nesterov=False, maximize=False, is_first_step=False,
         )  # fmt: skip
         new = inner
     else:
