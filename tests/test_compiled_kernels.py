@@ -69,13 +69,14 @@ def train_against_reference(rule, steps: int) -> None:
 
 def count_compiled_groups(monkeypatch) -> list[bool]:
     ran: list[bool] = []
-    original = compiled.try_compiled
+    original = compiled.runner
 
     def spy(g):
-        ran.append(original(g))
-        return ran[-1]
+        run = original(g)
+        ran.append(run is not None)
+        return run
 
-    monkeypatch.setattr(compiled, "try_compiled", spy)
+    monkeypatch.setattr(compiled, "runner", spy)
     return ran
 
 
@@ -125,7 +126,7 @@ def test_a_rule_that_fails_to_compile_warns_once_and_runs_eagerly(compile_everyt
         def __init__(self, *args):
             pass
 
-        def __call__(self, args):
+        def prepare(self, *args):
             raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(compiled, "_kernels", {})

@@ -198,8 +198,7 @@ def test_a_scheduled_adam_uses_the_fused_kernel_with_the_scheduled_rate(monkeypa
     assert state["a"].state[0] == 4
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_momentum_runs_in_torchs_fused_sgd_with_optimisers_jl_velocity(monkeypatch, dtype):
+def fused_sgd_calls(monkeypatch) -> list:
     calls = []
     original = torch._fused_sgd_
 
@@ -208,23 +207,45 @@ def test_momentum_runs_in_torchs_fused_sgd_with_optimisers_jl_velocity(monkeypat
         return original(*args, **kw)
 
     monkeypatch.setattr(torch, "_fused_sgd_", spy)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "dtype, etas", [(torch.float32, (0.01, 0.02)), (torch.float64, (0.25, 0.125))]
+)
+def test_momentum_runs_in_torchs_fused_sgd_with_optimisers_jl_velocity(monkeypatch, dtype, etas):
+    calls = fused_sgd_calls(monkeypatch)
     fused_model, ref_model = make_model(dtype), make_model(dtype)
-    fused_state = ft.setup(ft.Momentum(0.01, 0.9), fused_model)
-    ref_state = ft.setup(ft.Momentum(0.01, 0.9), ref_model)
+    fused_state = ft.setup(ft.Momentum(etas[0], 0.9), fused_model)
+    ref_state = ft.setup(ft.Momentum(etas[0], 0.9), ref_model)
     for step in range(3):
         grads = random_grads(fused_model, seed=step)
         ft.update_(fused_state, fused_model, grads)
         reference_update_(ref_state, ref_model, grads)
         if step == 1:  # adjust_ changes eta: the same kernel, a new dampening
-            ft.adjust_(fused_state, eta=0.02)
-            ft.adjust_(ref_state, eta=0.02)
-    assert calls == [(1.0, 1.0 - 0.01, 4), (1.0, 1.0 - 0.01, 4), (1.0, 1.0 - 0.02, 4)]
+            ft.adjust_(fused_state, eta=etas[1])
+            ft.adjust_(ref_state, eta=etas[1])
+    d0, d1 = 1.0 - etas[0], 1.0 - etas[1]
+    assert calls == [(1.0, d0, 4), (1.0, d0, 4), (1.0, d1, 4)]
     rtol = 1e-6 if dtype == torch.float32 else 1e-12
     for a, b in zip(flat_tensors(fused_model), flat_tensors(ref_model)):
         assert_close_rel(a, b, rtol)
     # the state is Optimisers.jl's velocity (eta included), not torch's buffer
     for la, lb in zip(ft.leaves(fused_state), ft.leaves(ref_state)):
         assert_close_rel(la.state, lb.state, rtol)
+
+
+def test_float64_momentum_whose_rate_torch_cannot_reproduce_takes_the_rules_maths(monkeypatch):
+    # 1 - (1 - 0.01) is 0.010000000000000009 in float64: torch's fused SGD would be off.
+    calls = fused_sgd_calls(monkeypatch)
+    model, ref = make_model(torch.float64), make_model(torch.float64)
+    state, ref_state = ft.setup(ft.Momentum(0.01), model), ft.setup(ft.Momentum(0.01), ref)
+    grads = random_grads(model, seed=0)
+    ft.update_(state, model, grads)
+    reference_update_(ref_state, ref, grads)
+    assert calls == []
+    for a, b in zip(flat_tensors(model), flat_tensors(ref)):
+        assert torch.equal(a, b)
 
 
 def test_adjusting_eta_keeps_every_parameters_storage():

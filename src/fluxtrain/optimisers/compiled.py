@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from . import rules as R
-from .engine import _run_single, atoms, fill
+from .engine import Work, _run_single, atoms, fill
 from .rules import OptimiserChain, Rule
 
 __all__ = ["COMPILABLE", "compile_count", "configure"]
@@ -269,29 +269,33 @@ class _Kernel:
         compiled_fn = fn
         return lambda *args: compiled_fn(*[args[i] for i in perm])  # in Dynamo's order
 
+    def prepare(
+        self, head: list[torch.Tensor], kinds: tuple, device: torch.device, chunk: int
+    ) -> tuple[Any, list[int]] | None:
+        """Compile the kernel for ``chunk`` parameters (once); return the compiled function
+        and its argument order for direct calls, or ``None`` if calls must go through Dynamo.
+
+        It is compiled on stand-ins of one large length, not on a model's tensors:
+        TorchInductor decides from the lengths it sees whether each loop runs on several
+        threads, and a loop compiled for a small tensor would later run a large one on one.
+        """
+        n = len(head) + chunk * (1 + len(kinds))
+        if n not in self._tried:
+            self._tried.add(n)
+            dtypes = (kinds[0], *kinds)  # x, dx, then the state tensors
+            stand_ins = [
+                torch.zeros(_COMPILE_LENGTH, dtype=d, device=device)
+                for _ in range(chunk)
+                for d in dtypes
+            ]
+            self._through_dynamo(head + stand_ins)
+        return self._direct.get(n)
+
     def __call__(self, args: list[torch.Tensor]) -> None:
-        direct = self._direct.get(len(args))
-        if direct is None and len(args) not in self._tried:
-            # Compile on stand-ins of one large length, not on this call's tensors: TorchInductor
-            # decides from the lengths it sees whether each loop runs on several threads, and a
-            # loop compiled for a small tensor would later run a large one on one thread.
-            self._tried.add(len(args))
-            self._through_dynamo(
-                args[: self._start]
-                + [torch.zeros(_COMPILE_LENGTH, dtype=a.dtype, device=a.device)
-                   for a in args[self._start :]]
-            )  # fmt: skip
-            direct = self._direct.get(len(args))
-        if direct is not None:
-            fn, order = direct
-            fn(*[args[i] if i >= 0 else args[~i].numel() for i in order])
-        else:  # N-D tensors and views would make Dynamo specialise on their (bases') shapes
-            self._through_dynamo(
-                [
-                    a if a.dim() == 0 or (a.dim() == 1 and a._base is None) else _flat(a)
-                    for a in args
-                ]
-            )
+        """A call through Dynamo, for when the direct calls could not be set up."""
+        # N-D tensors and views would make Dynamo specialise on their (bases') shapes
+        flat = [a if a.dim() == 0 or (a.dim() == 1 and a._base is None) else _flat(a) for a in args]
+        self._through_dynamo(flat)
 
     def _through_dynamo(self, args: list[torch.Tensor]) -> None:
         self._calling = args
@@ -437,46 +441,62 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     )
 
 
-def try_compiled(g: Any) -> bool:
-    """Update group ``g`` with its compiled kernel; ``False`` if it should run eagerly."""
+class _Slot:
+    """A place in a prepared kernel call that each step fills: a gradient (``"dx"``), a scalar
+    of the state (``"in"``), a new scalar's output (``"out"``) or a scheduled hyperparameter
+    (``"hyper"``); ``numel`` is the length of the entry it belongs to."""
+
+    __slots__ = ("j", "kind", "numel")
+
+    def __init__(self, kind: int, j: int, numel: int = 0) -> None:
+        self.kind, self.j, self.numel = kind, j, numel
+
+
+_DX, _IN, _OUT, _HYPER = range(4)
+
+
+def runner(g: Any) -> Any:
+    """A function updating group ``g``'s leaves from their gradients with the rule's compiled
+    kernel, or ``None`` if the group should run eagerly.
+
+    The kernel is compiled (once per rule structure) and its calls prepared here: each call's
+    arguments are laid out once, with the parameters' and state's aliases in place, so that a
+    step only puts in the gradients and the state's scalars.
+    """
     if not settings.enabled:
-        return False
+        return None
     items = g.items
     x0 = items[0].x
     if x0.dtype not in (torch.float32, torch.float64) or x0.device.type not in ("cpu", "cuda"):
-        return False
+        return None
     if sum(map(torch.Tensor.numel, [w.x for w in items])) < settings.min_numel:
-        return False
+        return None
     rule = g.rule
     leaf_state = items[0].leaf.state
     scheduled = hasattr(rule, "rule_at") and isinstance(leaf_state, tuple)
-    if scheduled:
-        rule, leaf_state = rule.rule_at(leaf_state[0]), leaf_state[1]
-    structure = _structure(rule)
+    now = rule.rule_at(leaf_state[0]) if scheduled else rule
+    inner0 = leaf_state[1] if scheduled else leaf_state
+    structure = _structure(now)
     if structure is None:
-        return False
-    template = atoms(leaf_state)
+        return None
+    template = atoms(inner0)
     scalar_pos = tuple(
         i for i, a in enumerate(template) if not isinstance(a, torch.Tensor) and a is not None
     )
     if any(not isinstance(template[i], numbers.Real) for i in scalar_pos):
-        return False
-
-    def inner(w: Any) -> Any:
-        return w.leaf.state[1] if scheduled else w.leaf.state
-
+        return None
     # Lengths 0 and 1 would make the compiler specialise; such leaves (rare) run eagerly.
-    tiny: list[Any] = []
-    updated: list[torch.Tensor] = []  # the parameters the kernel updates
-    entries: list[torch.Tensor] = []
+    tiny: list[int] = []
+    kept: list[int] = []
+    statics: list[tuple] = []
     kinds = None
-    for w in items:  # runs for every leaf of every step: kept to plain attribute reads
+    for j, w in enumerate(items):
         x, dx = w.x, w.dx
         if x.numel() < 2:
-            tiny.append(w)
+            tiny.append(j)
             continue
         if not (x.is_contiguous() and dx.is_contiguous()) or dx.dtype != x.dtype:
-            return False
+            return None
         state = w.leaf.state[1] if scheduled else w.leaf.state
         cache = w.leaf._kernel_cache
         if cache is not None and cache[0] is state and cache[1] == x.data_ptr():
@@ -484,66 +504,117 @@ def try_compiled(g: Any) -> bool:
         else:
             cached = _aliases(w, state)
             if cached is None:
-                return False
-        if cached[2] != kinds:
-            if kinds is not None:
-                return False
+                return None
+        if kinds is None:
             kinds = cached[2]
-        entries += (cached[0], dx, *cached[1])  # dx as it is: only its memory is read
-        updated.append(x)
+        elif cached[2] != kinds:
+            return None
+        kept.append(j)
+        statics.append(cached)
     if kinds is None:
-        return False
+        return None
     key = (structure, x0.device.type, kinds, scalar_pos, len(template))
     if key in _failed:
-        return False
+        return None
     kernel = _kernels.get(key)
     if kernel is None:
-        kernel = _kernels[key] = _Kernel(rule, leaf_state, scalar_pos)
-    head = [torch.tensor(v, dtype=HYPER_DTYPE) for v in _hyperparameters(rule)]
-    head += [_scalar_tensor(template[i]) for i in scalar_pos]
-    # The new scalars are written into 1-element tensors (TorchInductor in torch 2.13 drops a
-    # copy into a 0-d CPU input).
-    head += [_scalar_tensor(template[i]).reshape(1) for i in scalar_pos]
+        kernel = _kernels[key] = _Kernel(now, inner0, scalar_pos)
+    hyper = [torch.tensor(v, dtype=HYPER_DTYPE) for v in _hyperparameters(now)]
     per_entry = 1 + len(kinds)  # x, dx and the state tensors
+    n_pad = -len(kept) % settings.chunk
+    try:
+        direct = kernel.prepare(
+            [*hyper, *_scalar_heads(template, scalar_pos)], kinds, x0.device, settings.chunk
+        )
+    except Exception as e:
+        _failed.add(key)
+        warnings.warn(
+            f"fluxtrain could not compile {type(now).__name__}'s maths ({type(e).__name__}: "
+            f"{str(e)[:200]}); it runs eagerly instead",
+            RuntimeWarning,
+            stacklevel=6,  # the caller of update_
+        )
+        return None
+    head: list[Any] = [_Slot(_HYPER, i) for i in range(len(hyper))] if scheduled else hyper
+    head += [_Slot(_IN, i) for i in range(len(scalar_pos))]
+    head += [_Slot(_OUT, i) for i in range(len(scalar_pos))]
+    entries: list[Any] = []
+    for j, (x_alias, state_aliases, _) in zip(kept, statics):
+        entries += (x_alias, _Slot(_DX, j, x_alias.numel()), *state_aliases)
+    entries += _padding(kinds, x0.device, n_pad)
+    calls = []
     k = settings.chunk * per_entry
-    entries += _padding(kinds, x0.device, -(len(entries) // per_entry) % settings.chunk)
     for start in range(0, len(entries), k):
-        try:
-            kernel(head + entries[start : start + k])
-        except Exception as e:
-            if start:
-                raise
-            _failed.add(key)
-            warnings.warn(
-                f"fluxtrain could not compile {type(rule).__name__}'s maths ({type(e).__name__}: "
-                f"{str(e)[:200]}); it runs eagerly instead",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            return False
-    # The kernel wrote through aliases with version counters of their own: tell autograd that
-    # the parameters changed, as an in-place torch.optim step does (a graph that saved a
-    # parameter before the step then refuses to backpropagate instead of using new values).
-    torch.autograd.graph.increment_version(updated)
-    for w in tiny:
-        _run_single(w)
-    if not scalar_pos and not scheduled:
-        return True  # the state's tensors were updated in place; nothing else changed
-    outs = head[len(head) - len(scalar_pos) :]
-    new_scalars = {i: _from_tensor(v, template[i]) for i, v in zip(scalar_pos, outs)}
-    renew = _swapper(leaf_state, new_scalars)
-    for w in items:
-        leaf = w.leaf
+        args = head + entries[start : start + k]
+        if direct is not None:
+            fn, order = direct
+            call = [args[i] if i >= 0 else _length(args[~i]) for i in order]
+        else:
+            fn, call = (lambda *a: kernel(list(a))), args
+        slots = [(p, v.kind, v.j) for p, v in enumerate(call) if type(v) is _Slot]
+        calls.append((fn, call, slots))
+    leaves = [w.leaf for w in items]
+    xs = [w.x for w in items]
+    updated = [xs[j] for j in kept]
+    paths = [w.path for w in items]
+
+    def run(dxs: list[torch.Tensor]) -> None:
+        state = leaves[kept[0]].state
+        if scheduled:
+            state = state[1]
+            hyper_now = [
+                torch.tensor(v, dtype=HYPER_DTYPE)
+                for v in _hyperparameters(rule.rule_at(leaves[kept[0]].state[0]))
+            ]
+        else:
+            hyper_now = hyper
+        parts = atoms(state) if scalar_pos else []
+        ins = [_scalar_tensor(parts[i]) for i in scalar_pos]
+        # New scalars are written into 1-element tensors (TorchInductor in torch 2.13 drops a
+        # copy into a 0-d CPU input).
+        outs = [_scalar_tensor(parts[i]).reshape(1) for i in scalar_pos]
+        values = (dxs, ins, outs, hyper_now)
+        for fn, call, slots in calls:
+            filled = call.copy()  # the prepared call keeps no gradient alive between steps
+            for p, kind, j in slots:
+                filled[p] = values[kind][j]
+            fn(*filled)
+        # The kernel wrote through aliases with version counters of their own: tell autograd
+        # that the parameters changed, as an in-place torch.optim step does (a graph that
+        # saved a parameter before the step then refuses to backpropagate).
+        torch.autograd.graph.increment_version(updated)
+        for j in tiny:
+            _run_single(Work(leaves[j], xs[j], [], paths[j], dxs[j]))
+        if scalar_pos or scheduled:
+            new = {i: _from_tensor(v, parts[i]) for i, v in zip(scalar_pos, outs)}
+            _write_scalars([leaves[j] for j in kept], state, new, scheduled)
+
+    return run
+
+
+def _length(a: Any) -> int:
+    return a.numel if type(a) is _Slot else a.numel()
+
+
+def _scalar_heads(template: list, scalar_pos: tuple) -> list[torch.Tensor]:
+    """The state's scalars as 0-d tensors, then as many 1-element tensors for the new ones."""
+    ins = [_scalar_tensor(template[i]) for i in scalar_pos]
+    return ins + [_scalar_tensor(template[i]).reshape(1) for i in scalar_pos]
+
+
+def _write_scalars(leaves: list, state: Any, values: dict[int, Any], scheduled: bool) -> None:
+    """Give each leaf its state with the new scalars (at the given atom positions), holding
+    the same tensors; a Scheduler's counter moves on."""
+    renew = _swapper(state, values)
+    for leaf in leaves:
         cache = leaf._kernel_cache
-        if cache is None:
-            continue  # a one-element leaf, updated eagerly above
         if scheduled:
             new = renew(leaf.state[1])
             leaf.state = (leaf.state[0] + 1, new)
         else:
             new = leaf.state = renew(leaf.state)
-        leaf._kernel_cache = (new, cache[1], cache[2])  # same tensors, new scalars
-    return True
+        if cache is not None:
+            leaf._kernel_cache = (new, cache[1], cache[2])  # same tensors, new scalars
 
 
 def _aliases(w: Any, state: Any) -> tuple[torch.Tensor, list[torch.Tensor], tuple] | None:

@@ -43,8 +43,11 @@ Design (see docs/engine.md for the measurements behind it):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import operator
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -312,7 +315,9 @@ def _by_rule_property(items: list[Work], prop: Any) -> dict[Any, list[Work]]:
     return out
 
 
-def _check_head_clips(items: list[Work]) -> None:
+def _check_head_clips(items: list[Work]) -> bool:
+    """Refuse a non-finite norm where a throwing ClipNorm heads the rule; ``True`` if any
+    leaf has such a ClipNorm."""
     by_clip = _by_rule_property(items, _head_clip)
     for clip, ws in by_clip.items():
         norms = [whole(n) for n in _norms([w.dx for w in ws], clip.p)]
@@ -323,11 +328,13 @@ def _check_head_clips(items: list[Work]) -> None:
                 f"gradient at {ws[i].path} has {clip.p:g}-norm {float(norms[i])} and its rule "
                 f"has a ClipNorm with throw=True; nothing was updated"
             )
+    return bool(by_clip)
 
 
-def _apply_global_clips(items: list[Work]) -> None:
+def _apply_global_clips(items: list[Work]) -> bool:
     """Scale the gradients of leaves whose rules start with the same global ClipNorm by one
-    factor from the norm of all of them (new tensors: the user's gradients never change)."""
+    factor from the norm of all of them (new tensors: the user's gradients never change);
+    ``True`` if any leaf has such a ClipNorm."""
     by_clip = _by_rule_property(items, _global_clip)
     factors = []
     for clip, ws in by_clip.items():
@@ -339,6 +346,7 @@ def _apply_global_clips(items: list[Work]) -> None:
         if f != 1.0:
             for w in ws:
                 w.dx = w.dx * f
+    return bool(by_clip)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,8 +503,8 @@ def _globalise(w: Work, x: torch.Tensor) -> None:
 def _fused_adam_step(rule: Rule, b1t: float, b2t: float) -> int | None:
     """The step number t with beta^t equal to the stored powers, if there is one."""
     b1, b2 = rule.beta
-    if not (0 < b1 < 1 and 0 < b2 < 1):
-        return None
+    if not (0 < b1 < 1 and 0 < b2 < 1 and b1t > 0 and b2t > 0):
+        return None  # a power that underflowed to 0 (beta <= 0.5 after ~1075 steps) has no t
     t = round(math.log(b1t) / math.log(b1))
     if t < 1 or not (
         math.isclose(b1**t, b1t, rel_tol=1e-9) and math.isclose(b2**t, b2t, rel_tol=1e-9)
@@ -505,64 +513,95 @@ def _fused_adam_step(rule: Rule, b1t: float, b2t: float) -> int | None:
     return t
 
 
-def _try_fused(g: Group) -> bool:
-    """Update the group with one of PyTorch's fused kernels when the maths agree exactly."""
+@functools.lru_cache(maxsize=256)
+def _dampening(eta: float, dtype: torch.dtype) -> float | None:
+    """The ``dampening`` that makes torch's fused SGD Optimisers.jl's Momentum, if any.
+
+    torch updates its buffer as  buf = momentum * buf + (1 - dampening) * g  and steps
+    x -= lr * buf: with dampening = 1 - eta and lr = 1 the buffer is the velocity
+    v = rho * v + eta * dx  and the step  x -= v.  That holds only if  1 - (1 - eta)  rounds
+    to eta in the parameter's dtype: always in float32 in practice, but not in float64 for
+    most decimal rates (0.01 comes back as 0.010000000000000009), and seed 003's example
+    must give exactly 3 - pi; those take the rule's own maths.
+    """
+    d = 1.0 - eta
+    back = torch.tensor([1.0 - d, eta], dtype=torch.float64).to(dtype)
+    return d if bool(back[0] == back[1]) else None
+
+
+Runner = Callable[[list[torch.Tensor]], None]
+
+
+def _fused_runner(g: Group) -> Runner | None:
+    """A function updating the group's leaves from their gradients with one of PyTorch's fused
+    kernels, when their maths is the rule's exactly; ``None`` otherwise."""
     x0 = g.items[0].x
-    rule, scheduled = g.rule, False
-    state0 = g.items[0].leaf.state
-    if hasattr(rule, "rule_at") and isinstance(state0[0], int):
-        rule, scheduled = rule.rule_at(state0[0]), True  # a Scheduler: its rule at step t
-    kind = type(rule)
+    rule, state0 = g.rule, g.items[0].leaf.state
+    scheduled = hasattr(rule, "rule_at") and isinstance(state0[0], int)
+    now = rule.rule_at(state0[0]) if scheduled else rule  # a Scheduler: its rule at step t
+    kind = type(now)
     if not (
         kind is R.Adam
-        or (kind is R.AdamW and rule.couple)
+        or (kind is R.AdamW and now.couple)
         or kind is R.AdaGrad
-        or (kind is R.Momentum and rule.rho != 0)
+        or (kind is R.Momentum and now.rho != 0 and _dampening(now.eta, x0.dtype) is not None)
     ):
-        return False
+        return None
     if x0.dtype not in (torch.float32, torch.float64) or not _plain(g):
-        return False  # lower precisions need Optimisers.jl's epsilon floor: use the rule's maths
-    inner = [w.leaf.state[1] if scheduled else w.leaf.state for w in g.items]
+        return None  # lower precisions need Optimisers.jl's epsilon floor: use the rule's maths
+    inner0 = state0[1] if scheduled else state0
+    if kind in (R.Adam, R.AdamW) and _fused_adam_step(now, *inner0[2]) is None:
+        return None
+    leaves = [w.leaf for w in g.items]
     xs = [w.x for w in g.items]
-    dxs = [w.dx for w in g.items]
-    if kind is R.Adam or (kind is R.AdamW and rule.couple):
-        b1t, b2t = inner[0][2]
-        t = _fused_adam_step(rule, b1t, b2t)
-        if t is None:
-            return False
-        step = torch.tensor(float(t), device=x0.device)
-        kernel = torch._fused_adam_ if kind is R.Adam else torch._fused_adamw_
-        kernel(
-            xs, dxs, [s[0] for s in inner], [s[1] for s in inner], [], [step] * len(xs),
-            lr=rule.eta, beta1=rule.beta[0], beta2=rule.beta[1],
-            weight_decay=0.0 if kind is R.Adam else rule.lambd,
-            eps=rule.epsilon, amsgrad=False, maximize=False,
-        )  # fmt: skip
-        powers = (b1t * rule.beta[0], b2t * rule.beta[1])
-        new = [(s[0], s[1], powers) for s in inner]
-    elif kind is R.AdaGrad:
-        step = torch.tensor(1.0, device=x0.device)
-        torch._fused_adagrad_(
-            xs, dxs, list(inner), [step] * len(xs),
-            lr=rule.eta, lr_decay=0.0, weight_decay=0.0, eps=rule.epsilon, maximize=False,
-        )  # fmt: skip
-        new = inner
-    elif kind is R.Momentum:
-        # torch's buffer update is  buf = momentum * buf + (1 - dampening) * g  and its step
-        # x -= lr * buf: with dampening = 1 - eta and lr = 1 the buffer is Optimisers.jl's
-        # velocity  v = rho * v + eta * dx  and the step  x -= v  (1 - (1 - eta) is eta to
-        # within 1e-16; a zero rho would make torch skip the buffer, hence rho != 0 above).
-        torch._fused_sgd_(
-            xs, dxs, list(inner),
-            weight_decay=0.0, momentum=rule.rho, lr=1.0, dampening=1.0 - rule.eta,
-            nesterov=False, maximize=False, is_first_step=False,
-        )  # fmt: skip
-        new = inner
-    else:
-        return False
-    for w, s in zip(g.items, new):
-        w.leaf.state = (w.leaf.state[0] + 1, s) if scheduled else s
-    return True
+    paths = [w.path for w in g.items]
+
+    def run(dxs: list[torch.Tensor]) -> None:
+        states = [leaf.state for leaf in leaves]
+        r = rule.rule_at(states[0][0]) if scheduled else rule
+        inner = [s[1] for s in states] if scheduled else states
+        t = _fused_adam_step(r, *inner[0][2]) if kind in (R.Adam, R.AdamW) else None
+        if (t is None and kind in (R.Adam, R.AdamW)) or (
+            kind is R.Momentum and (r.rho == 0 or _dampening(r.eta, x0.dtype) is None)
+        ):
+            # beta^t underflowed, or a schedule took rho or eta out of reach: the rule's maths
+            items = [Work(leaf, x, [], p, dx) for leaf, x, p, dx in zip(leaves, xs, paths, dxs)]
+            _run_unfused(Group(rule, items))
+            return
+        if kind is R.Adam or kind is R.AdamW:
+            b1t, b2t = inner[0][2]
+            step = torch.tensor(float(t), device=x0.device)
+            kernel = torch._fused_adam_ if kind is R.Adam else torch._fused_adamw_
+            kernel(
+                xs, dxs, [s[0] for s in inner], [s[1] for s in inner], [], [step] * len(xs),
+                lr=r.eta, beta1=r.beta[0], beta2=r.beta[1],
+                weight_decay=0.0 if kind is R.Adam else r.lambd,
+                eps=r.epsilon, amsgrad=False, maximize=False,
+            )  # fmt: skip
+            powers = (b1t * r.beta[0], b2t * r.beta[1])
+            new = [(s[0], s[1], powers) for s in inner]
+        elif kind is R.AdaGrad:
+            step = torch.tensor(1.0, device=x0.device)
+            torch._fused_adagrad_(
+                xs, dxs, inner, [step] * len(xs),
+                lr=r.eta, lr_decay=0.0, weight_decay=0.0, eps=r.epsilon, maximize=False,
+            )  # fmt: skip
+            new = inner
+        else:
+            torch._fused_sgd_(
+                xs, dxs, inner,
+                weight_decay=0.0, momentum=r.rho, lr=1.0, dampening=_dampening(r.eta, x0.dtype),
+                nesterov=False, maximize=False, is_first_step=False,
+            )  # fmt: skip
+            new = inner
+        if scheduled:
+            for leaf, st, s in zip(leaves, states, new):
+                leaf.state = (st[0] + 1, s)
+        elif new is not inner:
+            for leaf, s in zip(leaves, new):
+                leaf.state = s
+
+    return run
 
 
 def _plain(g: Group) -> bool:
@@ -665,22 +704,42 @@ def _apply_gathered(g: Group) -> None:
         w.leaf.state = fill(new_state, leaf_parts)
 
 
-def _run_group(g: Group) -> None:
+def _run_group(g: Group) -> Runner | None:
+    """Update the group's leaves; return the function that does it again for new gradients
+    (``None`` for a sharded or subclassed leaf, which is not replayed)."""
     w0 = g.items[0]
     if not (_dense(w0.x) and _dense(w0.dx)):  # then it is a group of one
         _run_single(w0)  # DTensors: the rule's torch ops, which DTensor implements
-        return
-    if _try_fused(g):
-        return
+        return None
     from . import compiled
 
-    if compiled.try_compiled(g):
-        return
-    if len(g.items) == 1 or not _plain(g):
-        for w in g.items:
-            _run_single(w)
-        return
-    _apply_gathered(g)
+    run = _fused_runner(g) or compiled.runner(g) or _eager_runner(g)
+    run([w.dx for w in g.items])
+    return run
+
+
+def _run_unfused(g: Group) -> None:
+    """The group by the rule's own maths, compiled or eager (a fused kernel no longer fits)."""
+    from . import compiled
+
+    run = compiled.runner(g) or _eager_runner(g)
+    run([w.dx for w in g.items])
+
+
+def _eager_runner(g: Group) -> Runner:
+    """The rule's maths run eagerly: once over the gathered group, or leaf by leaf when it is a
+    single leaf or a tensor is not contiguous."""
+    rule, kept = g.rule, [(w.leaf, w.x, w.path) for w in g.items]
+
+    def run(dxs: list[torch.Tensor]) -> None:
+        items = [Work(leaf, x, [], path, dx) for (leaf, x, path), dx in zip(kept, dxs)]
+        if len(items) == 1 or not all(w.x.is_contiguous() and w.dx.is_contiguous() for w in items):
+            for w in items:
+                _run_single(w)
+        else:
+            _apply_gathered(Group(rule, items))
+
+    return run
 
 
 def _run_single(w: Work) -> None:
@@ -698,15 +757,18 @@ def _snapshot(g: Group) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return pairs
 
 
-def step(items: list[Work], check_finite: bool = False) -> None:
+def step(items: list[Work], check_finite: bool = False, pairs: list | None = None) -> Any:
     """Update the given leaves (gradients in ``.dx`` or ``.grads``), all checks first.
 
     With ``check_finite``, a gradient holding an Inf or NaN anywhere raises
-    ``NonFiniteGradientError`` (naming its path) before anything changes.
+    ``NonFiniteGradientError`` (naming its path) before anything changes.  Given ``pairs``
+    (every ``(leaf, parameter, path)`` of the state, the items being those with a ``.grad``),
+    returns a ``Replay`` of this step when it can be done again for new ``.grad``s, else
+    ``None``.
     """
     items = [w for w in items if not w.leaf.frozen]
     if not items:
-        return
+        return None
     with torch.no_grad():
         subclassed: list[int] = []  # parameters holding a tensor subclass (FSDP2's DTensor)
         for i, w in enumerate(items):
@@ -717,8 +779,8 @@ def step(items: list[Work], check_finite: bool = False) -> None:
                 w.dx = _checked_gradient(w)
         if check_finite:
             _check_finite(items)
-        _check_head_clips(items)
-        _apply_global_clips(items)
+        clipped = _check_head_clips(items)
+        clipped = _apply_global_clips(items) or clipped
         # Sharded leaves whose rules are elementwise run on their local shards, grouped with
         # the rest (fused kernels included); the others go one leaf at a time on DTensors.
         local: list[tuple[Work, torch.Tensor]] = []
@@ -727,13 +789,17 @@ def step(items: list[Work], check_finite: bool = False) -> None:
             if lw is not None:
                 local.append((lw, _data(items[i].x)))
                 items[i] = lw
-        _run_groups(items)
+        runs = _run_groups(items)
         for lw, x in local:
             _globalise(lw, x)
+    if pairs is None or clipped or subclassed or runs is None:
+        return None
+    return Replay.of(pairs, items, runs)
 
 
-def _run_groups(items: list[Work]) -> None:
-    """Group the checked items and run the groups, risky ones first with a way back."""
+def _run_groups(items: list[Work]) -> list[tuple[Runner, list[Work]]] | None:
+    """Group the checked items and run the groups, risky ones first with a way back; return
+    each group's runner with its items, or ``None`` if a group cannot be replayed."""
     groups = group(items)
     raises = [_may_raise_midway(g.rule) for g in groups]
     risky = [g for g, r in zip(groups, raises) if r]
@@ -750,8 +816,75 @@ def _run_groups(items: list[Work]) -> None:
                 for w, s in zip(g.items, states):
                     w.leaf.state = s
             raise
-    for g in safe:
-        _run_group(g)
+    runs = [(_run_group(g), g.items) for g in safe]
+    if risky or any(run is None for run, _ in runs):
+        return None
+    return runs  # type: ignore[return-value]
+
+
+class Replay:
+    """One ``update_`` from ``.grad``, kept to be done again while nothing it relied on has
+    changed: the state's leaves hold the same rules, states and frozen flags as this engine
+    left them, every parameter has the same memory and shape, and every trainable parameter
+    has a contiguous ``.grad``.  Then a step is the groups' kernels on the new gradients,
+    without walking, checking and grouping the leaves again (on 114 tensors that work cost
+    several times a fused kernel call).  Anything else (``adjust_``, ``freeze_``, a reset or
+    loaded state, a missing gradient, a moved parameter) makes ``__call__`` return ``False``,
+    and the caller takes the full path, which checks everything and records a new Replay.
+    """
+
+    __slots__ = ("frozen", "leaves", "paths", "ptrs", "rules", "runs", "shapes", "states",
+                 "trained", "xs")  # fmt: skip
+
+    @classmethod
+    def of(cls, pairs: list, items: list[Work], runs: list) -> Replay | None:
+        trained = [(leaf, x, path) for leaf, x, path in pairs if not leaf.frozen]
+        if len(trained) != len(items) or any(
+            w.leaf is not leaf or w.x is not x or len(w.grads) != 1 or w.dx is not w.grads[0]
+            for w, (leaf, x, _) in zip(items, trained)
+        ):
+            return None  # a missing or converted gradient, a tie: the full path each time
+        self = cls()
+        self.leaves = [leaf for leaf, _, _ in pairs]
+        self.frozen = [leaf.frozen for leaf in self.leaves]
+        self.trained = [leaf for leaf, _, _ in trained]
+        self.xs = [x for _, x, _ in trained]
+        self.paths = [path for _, _, path in trained]
+        self.ptrs = [x.data_ptr() for x in self.xs]
+        self.shapes = [x.shape for x in self.xs]
+        self.rules = [leaf.rule for leaf in self.trained]
+        self.states = [leaf.state for leaf in self.trained]
+        where = {id(w): i for i, w in enumerate(items)}
+        self.runs = [(run, [where[id(w)] for w in ws]) for run, ws in runs]
+        return self
+
+    def __call__(self, check_finite: bool = False) -> bool:
+        """Do the step again from the parameters' ``.grad``; ``False`` (nothing done) if the
+        Replay no longer fits."""
+        trained, xs = self.trained, self.xs
+        if (
+            [leaf.frozen for leaf in self.leaves] != self.frozen
+            or not all(map(operator.is_, [leaf.rule for leaf in trained], self.rules))
+            or not all(map(operator.is_, [leaf.state for leaf in trained], self.states))
+            or [x.data_ptr() for x in xs] != self.ptrs
+            or [x.shape for x in xs] != self.shapes
+        ):
+            return False
+        grads = [x.grad for x in xs]
+        strided = torch.strided
+        if not all([g is not None and g.layout is strided and g.is_contiguous() for g in grads]):
+            return False
+        with torch.no_grad():
+            if check_finite:
+                bad = first_nonfinite(list(zip(self.paths, grads)))
+                if bad is not None:
+                    raise NonFiniteGradientError(
+                        f"gradient at {bad} contains Inf or NaN; nothing was updated", path=bad
+                    )
+            for run, index in self.runs:
+                run([grads[i] for i in index])
+        self.states = [leaf.state for leaf in trained]
+        return True
 
 
 def run(items: list[Work]) -> None:

@@ -105,8 +105,8 @@ def unwrap(model: Any) -> Any:
             model = model.module
         elif _is_fsdp1(model):
             model = model.module
-        elif isinstance(model, nn.Module) and hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        elif isinstance(model, nn.Module) and "_orig_mod" in model._modules:
+            model = model._orig_mod  # torch.compile's OptimizedModule
         else:
             return model
 
@@ -363,7 +363,8 @@ def _structure(model: Any) -> list[tuple[Any, tuple]]:
 
 
 def _implicit_target(model: Any) -> bool:
-    return hasattr(model, "_implicit_update")
+    # On the class: an nn.Module's instance lookup would raise and catch an AttributeError
+    return hasattr(type(model), "_implicit_update")
 
 
 def update_(
@@ -400,25 +401,37 @@ def update_(
     model = unwrap(model)
     with torch.no_grad():
         if grads is None:
-            items = _dot_grad_items(state, model)
+            plan = _dot_grad_plan(state, model)
+            replay = plan[3][0]
+            if replay is not None and replay(check_finite):
+                return state, model  # the last step's kernels again, on the new .grads
+            pairs, plan[3][0] = plan[2], None
+            items = _dot_grad_items(pairs)
+            plan[3][0] = engine.step(items, check_finite=check_finite, pairs=pairs)
         else:
             items = _collect(state, model, grads, use_dot_grad=False)  # validates, mutates nothing
-        engine.step(items, check_finite=check_finite)
+            engine.step(items, check_finite=check_finite)
     return state, model
 
 
-def _dot_grad_items(state: Any, model: Any) -> list[engine.Work]:
-    """The leaves to update from each parameter's ``.grad`` (the tree walk is cached on the
-    state's root while the model's containers hold the same children)."""
+def _dot_grad_plan(state: Any, model: Any) -> tuple:
+    """``(model, its containers' children, [(leaf, parameter, path)...], [replay])``: the tree
+    walk, cached on the state's root while the model's containers hold the same children,
+    with a box for the engine's Replay of the last step."""
     cached = getattr(state, "_plan", None)
     if cached is not None and cached[0] is model and _unchanged(cached[1]):
-        pairs = cached[2]
-    else:
-        pairs = [(w.leaf, w.x, w.path) for w in _collect(state, model, None, use_dot_grad=True)]
-        try:
-            object.__setattr__(state, "_plan", (model, _structure(model), pairs))
-        except AttributeError:
-            pass  # a state root without a slot for it (a plain dict of Leafs) is not cached
+        return cached
+    pairs = [(w.leaf, w.x, w.path) for w in _collect(state, model, None, use_dot_grad=True)]
+    plan = (model, _structure(model), pairs, [None])
+    try:
+        object.__setattr__(state, "_plan", plan)
+    except AttributeError:
+        pass  # a state root without a slot for it (a plain dict of Leafs) is not cached
+    return plan
+
+
+def _dot_grad_items(pairs: list) -> list[engine.Work]:
+    """The leaves to update from each parameter's ``.grad``."""
     items = [engine.Work(leaf, x, [x.grad], path) for leaf, x, path in pairs if x.grad is not None]
     if not items and any(not leaf.frozen for leaf, _, _ in pairs):
         warnings.warn(
