@@ -237,8 +237,12 @@ def main() -> None:
             impls.update(torch_modes(rule, fresh(make)))
             ratios: dict[str, list[float]] = {k: [] for k in impls}
             speeds: dict[str, list[float]] = {k: [] for k in impls}
-            for _ in range(rounds):  # interleaved: every implementation once per round
-                times = {k: best_time(f, reps, warmup=1) for k, f in impls.items()}
+            names = list(impls)
+            for r in range(rounds):  # interleaved: every implementation once per round
+                # in an order rotated each round: what runs right after another
+                # implementation's step starts with cold caches
+                turn = names[r % len(names) :] + names[: r % len(names)]
+                times = {k: best_time(impls[k], reps, warmup=1) for k in turn}
                 yard = 28 * n / times["torch fused Adam (yardstick)"]
                 for k, t in times.items():
                     gbs = (28 * n if k.startswith("torch fused Adam") else nbytes) / t

@@ -68,13 +68,22 @@ def train_against_reference(rule, steps: int) -> None:
 
 
 def count_compiled_groups(monkeypatch) -> list[bool]:
+    """One entry per group update: ``True`` if a compiled kernel ran it (a runner prepared
+    once runs again on every replayed step)."""
     ran: list[bool] = []
     original = compiled.runner
 
     def spy(g):
         run = original(g)
-        ran.append(run is not None)
-        return run
+        if run is None:
+            ran.append(False)
+            return None
+
+        def counted(dxs):
+            ran.append(True)
+            return run(dxs)
+
+        return counted
 
     monkeypatch.setattr(compiled, "runner", spy)
     return ran

@@ -237,3 +237,66 @@ def test_adam_whose_beta_power_underflowed_to_zero_keeps_training():
         ft.update_(s_fast, fast)
         reference_step(s_ref, ref)
     assert_same(fast, ref)
+
+
+def grad_tree(model: nn.Module, seed: int, dtype=None):
+    """The gradient tree ``ft.gradient`` would give, holding seeded random values."""
+    set_grads(model, seed)
+    consts = {p: p.grad.clone() for p in model.parameters()}
+    for p in model.parameters():
+        p.grad = None
+    tree = ft.gradient(lambda m: sum((p * consts[p]).sum() for p in m.parameters()), model)[0]
+    return tree if dtype is None else ft.fmap(lambda t: t.to(dtype), tree)
+
+
+def plain(tree):
+    """A gradient tree as plain nested dicts (which update_ accepts too), to edit."""
+    if isinstance(tree, torch.Tensor) or tree is None:
+        return tree
+    return {k: plain(v) for k, v in tree._children.items()}
+
+
+@pytest.mark.parametrize("rule", [ft.Adam(0.01), ft.Nesterov(0.01)], ids=repr)
+def test_gradient_tree_steps_are_replayed_with_the_same_numbers(
+    rule, compile_everything, monkeypatch
+):
+    full = FullSteps(monkeypatch)
+    fast, ref = net(), net()
+    s_fast, s_ref = ft.setup(rule, fast), ft.setup(rule, ref)
+    for step in range(4):
+        ft.update_(s_fast, fast, grad_tree(fast, step))
+        set_grads(ref, step)
+        reference_step(s_ref, ref)
+    assert full.count == 1
+    assert_same(fast, ref)
+
+
+def test_a_gradient_tree_that_no_longer_fits_takes_the_full_path(compile_everything, monkeypatch):
+    full = FullSteps(monkeypatch)
+    fast, ref = net(), net()
+    s_fast, s_ref = ft.setup(ft.Nesterov(0.01), fast), ft.setup(ft.Nesterov(0.01), ref)
+    for step in range(2):
+        ft.update_(s_fast, fast, grad_tree(fast, step))
+        set_grads(ref, step)
+        reference_step(s_ref, ref)
+    # a float32 tree for the float64 model: converted, so every such step is a full one
+    for step in (2, 3):
+        ft.update_(s_fast, fast, grad_tree(fast, step, torch.float32))
+        set_grads(ref, step)
+        for p in ref.parameters():
+            p.grad = p.grad.float().double()
+        reference_step(s_ref, ref)
+    assert full.count == 3
+    # a branch left out: that layer keeps its parameters, the others are updated
+    pruned = plain(grad_tree(fast, 4))
+    pruned["1"]["bias"] = None
+    before = fast[1].bias.detach().clone()
+    ft.update_(s_fast, fast, pruned)
+    assert torch.equal(fast[1].bias, before)
+    assert full.count == 4
+    # a tree with a child the model does not have is refused, replay or not
+    ft.update_(s_fast, fast, grad_tree(fast, 5))
+    bad = plain(grad_tree(fast, 6))
+    bad["0"]["extra"] = torch.zeros(1)
+    with pytest.raises(ft.GradientMismatchError, match="extra"):
+        ft.update_(s_fast, fast, bad)

@@ -833,8 +833,8 @@ class Replay:
     and the caller takes the full path, which checks everything and records a new Replay.
     """
 
-    __slots__ = ("frozen", "leaves", "paths", "ptrs", "rules", "runs", "shapes", "states",
-                 "trained", "xs")  # fmt: skip
+    __slots__ = ("devices", "dtypes", "frozen", "leaves", "paths", "ptrs", "rules", "runs",
+                 "shapes", "states", "trained", "xs", "xs_all")  # fmt: skip
 
     @classmethod
     def of(cls, pairs: list, items: list[Work], runs: list) -> Replay | None:
@@ -846,21 +846,44 @@ class Replay:
             return None  # a missing or converted gradient, a tie: the full path each time
         self = cls()
         self.leaves = [leaf for leaf, _, _ in pairs]
+        self.xs_all = [x for _, x, _ in pairs]
         self.frozen = [leaf.frozen for leaf in self.leaves]
         self.trained = [leaf for leaf, _, _ in trained]
         self.xs = [x for _, x, _ in trained]
         self.paths = [path for _, _, path in trained]
         self.ptrs = [x.data_ptr() for x in self.xs]
         self.shapes = [x.shape for x in self.xs]
+        self.dtypes = [x.dtype for x in self.xs]
+        self.devices = [x.device for x in self.xs]
         self.rules = [leaf.rule for leaf in self.trained]
         self.states = [leaf.state for leaf in self.trained]
         where = {id(w): i for i, w in enumerate(items)}
         self.runs = [(run, [where[id(w)] for w in ws]) for run, ws in runs]
         return self
 
-    def __call__(self, check_finite: bool = False) -> bool:
-        """Do the step again from the parameters' ``.grad``; ``False`` (nothing done) if the
-        Replay no longer fits."""
+    def again(self, items: list[Work], check_finite: bool = False) -> bool:
+        """Do the step again for the items of a gradient tree (as ``_collect`` lists them),
+        when they are the recorded leaves and parameters, each with one gradient of its
+        parameter's dtype and device; ``False`` (nothing done) otherwise."""
+        if (
+            len(items) != len(self.leaves)
+            or not all(map(operator.is_, [w.leaf for w in items], self.leaves))
+            or not all(map(operator.is_, [w.x for w in items], self.xs_all))
+        ):
+            return False
+        grads = [w.grads[0] if len(w.grads) == 1 else None for w in items if not w.leaf.frozen]
+        if (
+            len(grads) != len(self.trained)
+            or None in grads
+            or [g.dtype for g in grads] != self.dtypes
+            or [g.device for g in grads] != self.devices
+        ):
+            return False
+        return self(check_finite, grads)
+
+    def __call__(self, check_finite: bool = False, grads: list | None = None) -> bool:
+        """Do the step again from the parameters' ``.grad`` (or the given gradients, one per
+        trained leaf); ``False`` (nothing done) if the Replay no longer fits."""
         trained, xs = self.trained, self.xs
         if (
             [leaf.frozen for leaf in self.leaves] != self.frozen
@@ -870,7 +893,8 @@ class Replay:
             or [x.shape for x in xs] != self.shapes
         ):
             return False
-        grads = [x.grad for x in xs]
+        if grads is None:
+            grads = [x.grad for x in xs]
         strided = torch.strided
         if not all([g is not None and g.layout is strided and g.is_contiguous() for g in grads]):
             return False

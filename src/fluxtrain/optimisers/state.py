@@ -58,7 +58,9 @@ class Leaf:
         Leaf(Momentum(eta=0.1, rho=0.9), tensor([0., 0.]))
     """
 
-    __slots__ = ("__weakref__", "_kernel_cache", "_like", "_plan", "frozen", "rule", "state")
+    __slots__ = (
+        "__weakref__", "_kernel_cache", "_like", "_plan", "_replay", "frozen", "rule", "state"
+    )  # fmt: skip
 
     def __init__(self, rule: Rule, state: Any, frozen: bool = False, like: Any = None):
         self.rule = rule
@@ -410,8 +412,20 @@ def update_(
             plan[3][0] = engine.step(items, check_finite=check_finite, pairs=pairs)
         else:
             items = _collect(state, model, grads, use_dot_grad=False)  # validates, mutates nothing
-            engine.step(items, check_finite=check_finite)
+            replay = getattr(state, "_replay", None)
+            if replay is not None and replay.again(items, check_finite):
+                return state, model
+            _keep_replay(state, None)
+            pairs = [(w.leaf, w.x, w.path) for w in items]
+            _keep_replay(state, engine.step(items, check_finite=check_finite, pairs=pairs))
     return state, model
+
+
+def _keep_replay(state: Any, replay: Any) -> None:
+    try:
+        object.__setattr__(state, "_replay", replay)
+    except AttributeError:
+        pass  # a state root without a slot for it (a plain dict of Leafs): no replays
 
 
 def _dot_grad_plan(state: Any, model: Any) -> tuple:
