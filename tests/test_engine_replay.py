@@ -294,8 +294,15 @@ def test_a_gradient_tree_that_no_longer_fits_takes_the_full_path(compile_everyth
     ft.update_(s_fast, fast, pruned)
     assert torch.equal(fast[1].bias, before)
     assert full.count == 4
-    # a tree with a child the model does not have is refused, replay or not
-    ft.update_(s_fast, fast, grad_tree(fast, 5))
+    # plain dicts with the same keys are replayed too
+    ft.update_(s_fast, fast, plain(grad_tree(fast, 5)))
+    ft.update_(s_fast, fast, plain(grad_tree(fast, 6)))
+    assert full.count == 5
+    # a gradient of the wrong shape, or a child the model does not have, is refused by name
+    wrong = plain(grad_tree(fast, 7))
+    wrong["2"]["weight"] = torch.zeros(3, 7, dtype=torch.float64)
+    with pytest.raises(ft.GradientMismatchError, match=r"2\.weight has shape \(3, 7\)"):
+        ft.update_(s_fast, fast, wrong)
     bad = plain(grad_tree(fast, 6))
     bad["0"]["extra"] = torch.zeros(1)
     with pytest.raises(ft.GradientMismatchError, match="extra"):

@@ -207,7 +207,7 @@ class Node:
         (1, 1)
     """
 
-    __slots__ = ("__weakref__", "_children", "_kind", "_plan", "_replay")
+    __slots__ = ("__weakref__", "_children", "_kind", "_plan")
 
     def __init__(self, kind: str, children: dict[Any, Any]):
         object.__setattr__(self, "_kind", kind)

@@ -834,7 +834,7 @@ class Replay:
     """
 
     __slots__ = ("devices", "dtypes", "frozen", "leaves", "paths", "ptrs", "rules", "runs",
-                 "shapes", "states", "trained", "xs", "xs_all")  # fmt: skip
+                 "shapes", "states", "trained", "xs")  # fmt: skip
 
     @classmethod
     def of(cls, pairs: list, items: list[Work], runs: list) -> Replay | None:
@@ -846,7 +846,6 @@ class Replay:
             return None  # a missing or converted gradient, a tie: the full path each time
         self = cls()
         self.leaves = [leaf for leaf, _, _ in pairs]
-        self.xs_all = [x for _, x, _ in pairs]
         self.frozen = [leaf.frozen for leaf in self.leaves]
         self.trained = [leaf for leaf, _, _ in trained]
         self.xs = [x for _, x, _ in trained]
@@ -861,20 +860,17 @@ class Replay:
         self.runs = [(run, [where[id(w)] for w in ws]) for run, ws in runs]
         return self
 
-    def again(self, items: list[Work], check_finite: bool = False) -> bool:
-        """Do the step again for the items of a gradient tree (as ``_collect`` lists them),
-        when they are the recorded leaves and parameters, each with one gradient of its
-        parameter's dtype and device; ``False`` (nothing done) otherwise."""
-        if (
-            len(items) != len(self.leaves)
-            or not all(map(operator.is_, [w.leaf for w in items], self.leaves))
-            or not all(map(operator.is_, [w.x for w in items], self.xs_all))
-        ):
+    def with_gradients(self, grads: list, check_finite: bool = False) -> bool:
+        """Do the step again with the given gradients (one per leaf the Replay was recorded
+        for, as read from a gradient tree), when each trained leaf's is a tensor of its
+        parameter's shape, dtype and device; ``False`` (nothing done) otherwise."""
+        if len(grads) != len(self.leaves):
             return False
-        grads = [w.grads[0] if len(w.grads) == 1 else None for w in items if not w.leaf.frozen]
+        if len(self.trained) != len(grads):
+            grads = [g for g, frozen in zip(grads, self.frozen) if not frozen]
         if (
-            len(grads) != len(self.trained)
-            or None in grads
+            not all([isinstance(g, torch.Tensor) for g in grads])
+            or [g.shape for g in grads] != self.shapes
             or [g.dtype for g in grads] != self.dtypes
             or [g.device for g in grads] != self.devices
         ):

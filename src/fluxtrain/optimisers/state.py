@@ -58,9 +58,7 @@ class Leaf:
         Leaf(Momentum(eta=0.1, rho=0.9), tensor([0., 0.]))
     """
 
-    __slots__ = (
-        "__weakref__", "_kernel_cache", "_like", "_plan", "_replay", "frozen", "rule", "state"
-    )  # fmt: skip
+    __slots__ = ("__weakref__", "_kernel_cache", "_like", "_plan", "frozen", "rule", "state")
 
     def __init__(self, rule: Rule, state: Any, frozen: bool = False, like: Any = None):
         self.rule = rule
@@ -402,46 +400,120 @@ def update_(
         )
     model = unwrap(model)
     with torch.no_grad():
+        plan = _cached_plan(state, model)
+        if plan is not None and plan.replay is not None:
+            if grads is None:
+                if plan.replay(check_finite):
+                    return state, model  # the last step's kernels again, on the new .grads
+            else:
+                along = plan.gradients_along(grads, state)
+                if along is not None and plan.replay.with_gradients(along, check_finite):
+                    return state, model
+            plan.replay = None
+        cacheable = hasattr(type(state), "_plan")  # not a plain dict of Leafs
         if grads is None:
-            plan = _dot_grad_plan(state, model)
-            replay = plan[3][0]
-            if replay is not None and replay(check_finite):
-                return state, model  # the last step's kernels again, on the new .grads
-            pairs, plan[3][0] = plan[2], None
-            items = _dot_grad_items(pairs)
-            plan[3][0] = engine.step(items, check_finite=check_finite, pairs=pairs)
+            plan = plan or _new_plan(state, model, cacheable)
+            items = _dot_grad_items(plan.pairs)
         else:
             items = _collect(state, model, grads, use_dot_grad=False)  # validates, mutates nothing
-            replay = getattr(state, "_replay", None)
-            if replay is not None and replay.again(items, check_finite):
-                return state, model
-            _keep_replay(state, None)
-            pairs = [(w.leaf, w.x, w.path) for w in items]
-            _keep_replay(state, engine.step(items, check_finite=check_finite, pairs=pairs))
+            if plan is None and cacheable:
+                plan = _new_plan(state, model, cacheable)
+        replay = engine.step(
+            items, check_finite=check_finite, pairs=plan.pairs if cacheable and plan else None
+        )
+        if cacheable and plan is not None:
+            plan.replay = replay
     return state, model
 
 
-def _keep_replay(state: Any, replay: Any) -> None:
-    try:
-        object.__setattr__(state, "_replay", replay)
-    except AttributeError:
-        pass  # a state root without a slot for it (a plain dict of Leafs): no replays
+class _Plan:
+    """What ``update_`` keeps on a state's root between steps (while the model's containers
+    hold the same children): every ``(leaf, parameter, path)`` of the state, the engine's
+    Replay of the last step, and the state tree's skeleton for reading gradient trees."""
+
+    __slots__ = ("cached", "model", "pairs", "replay", "skeleton", "structure")
+
+    def __init__(self, model: Any, pairs: list, cached: bool) -> None:
+        self.model, self.pairs, self.cached = model, pairs, cached
+        self.structure = _structure(model) if cached else []
+        self.replay: Any = None
+        self.skeleton: Any = None
+
+    def gradients_along(self, grads: Any, state: Any) -> list | None:
+        """The gradient of every pair, read from a gradient tree of ``Node``s or dicts whose
+        every node has the state's keys (as ``ft.gradient`` returns); ``None`` for any other
+        tree, which ``_collect`` then walks and checks."""
+        if self.skeleton is None:
+            self.skeleton = _skeleton(self.pairs, state)
+        if self.skeleton is False:
+            return None
+        out: list = []
+        return out if _along(grads, self.skeleton, out) else None
 
 
-def _dot_grad_plan(state: Any, model: Any) -> tuple:
-    """``(model, its containers' children, [(leaf, parameter, path)...], [replay])``: the tree
-    walk, cached on the state's root while the model's containers hold the same children,
-    with a box for the engine's Replay of the last step."""
-    cached = getattr(state, "_plan", None)
-    if cached is not None and cached[0] is model and _unchanged(cached[1]):
-        return cached
+def _cached_plan(state: Any, model: Any) -> _Plan | None:
+    plan = getattr(state, "_plan", None)
+    if plan is not None and plan.model is model and _unchanged(plan.structure):
+        return plan
+    return None
+
+
+def _new_plan(state: Any, model: Any, cacheable: bool) -> _Plan:
     pairs = [(w.leaf, w.x, w.path) for w in _collect(state, model, None, use_dot_grad=True)]
-    plan = (model, _structure(model), pairs, [None])
-    try:
+    plan = _Plan(model, pairs, cached=cacheable)
+    if cacheable:
         object.__setattr__(state, "_plan", plan)
-    except AttributeError:
-        pass  # a state root without a slot for it (a plain dict of Leafs) is not cached
     return plan
+
+
+class _NoSkeleton(Exception):
+    pass
+
+
+def _skeleton(pairs: list, state: Any) -> Any:
+    """The state tree's shape for ``_along``: for a Leaf its position among ``pairs``, for a
+    node its keys and its children's skeletons (``None`` children, which ``_collect`` skips,
+    left out); ``False`` if a Leaf is reached twice (tied: ``_collect`` sums the gradients)."""
+    index = {id(leaf): i for i, (leaf, _, _) in enumerate(pairs)}
+    seen: set[int] = set()
+
+    def build(st: Any) -> Any:
+        if isinstance(st, Leaf):
+            i = index.get(id(st))
+            if i is None or i in seen:
+                raise _NoSkeleton
+            seen.add(i)
+            return i
+        ch = st._children if type(st) is Node else children(st)
+        if ch is None:
+            raise _NoSkeleton
+        return ch.keys(), [(k, build(sub)) for k, sub in ch.items() if sub is not None]
+
+    try:
+        return build(state)
+    except _NoSkeleton:
+        return False
+
+
+def _along(g: Any, skeleton: Any, out: list) -> bool:
+    """Append to ``out`` the gradients of ``skeleton``'s leaves read from ``g``, or return
+    ``False`` if ``g`` is not a tree of ``Node``s or dicts with exactly the state's keys."""
+    if type(skeleton) is int:
+        out.append(g)
+        return True
+    if type(g) is Node:
+        ch = g._children
+    elif type(g) is dict:
+        ch = g
+    else:
+        return False
+    keys, kids = skeleton
+    if ch.keys() != keys:
+        return False
+    for k, sub in kids:
+        if not _along(ch[k], sub, out):
+            return False
+    return True
 
 
 def _dot_grad_items(pairs: list) -> list[engine.Work]:
