@@ -23,7 +23,17 @@ Design (see docs/engine.md for the measurements behind it):
      once on them, and the results are copied back with one ``torch._foreach_copy_``.  A group
      of one leaf skips the gathering.
 
-  No path loops in Python over parameters per elementwise operation.
+  No path loops in Python over parameters per elementwise operation.  Each kernel is
+  prepared as a *runner*: a function of the group's gradients alone, with the parameters,
+  state tensors and kernel arguments laid out once.
+* **Replays.**  ``step`` returns a ``Replay`` of what it did when every group had a runner
+  and nothing needed per-step care (no global or throwing ClipNorm, no sharded leaf, no tie,
+  no converted gradient).  ``update_`` keeps it on the state's root and, on the next step,
+  runs the runners on the new gradients after a few list comparisons (same rules, states,
+  frozen flags, parameter memory and shapes; contiguous gradients of the parameters' dtype),
+  skipping the walk, the per-leaf checks and the grouping: on 114 tensors that work cost
+  about as much as PyTorch's whole fused SGD step beside it.  Any difference sends the step
+  through the full path, which checks everything and records a new Replay.
 * Sharded parameters (FSDP2's ``DTensor``; an ``nn.Parameter`` holding one is not "dense"):
   when the rule works element by element (every rule but a per-array ClipNorm, or a user's
   rule, whose maths may need the whole array) and the gradient and state are sharded like the

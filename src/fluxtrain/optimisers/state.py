@@ -353,7 +353,10 @@ def _structure(model: Any) -> list[tuple[Any, tuple]]:
         else:
             tables = []
         for t in tables:
-            out.append((t, tuple(t.values() if isinstance(t, dict) else t)))
+            # An empty container can only gain children, which neither the state nor a plan
+            # knows of (the walk goes by the state's keys): it needs no watching.
+            if len(t):
+                out.append((t, tuple(t.values() if isinstance(t, dict) else t)))
         ch = children(x)
         for v in (ch or {}).values():
             walk(v)
