@@ -199,7 +199,7 @@ def main() -> None:
         memory_child(layout, impl, rule, float(scale))
         return
     scale = 0.1 if args.quick else 1.0
-    rounds = args.rounds or (3 if args.quick else 5)
+    rounds = args.rounds or (3 if args.quick else 9)
     reps = 3
     torch.set_num_threads(torch.get_num_threads())
     compiled.configure(min_numel=1 if args.quick else None)

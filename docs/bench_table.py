@@ -152,7 +152,28 @@ def distributed_section(d: dict[str, Any]) -> list[str]:
     ]
 
 
+def same_rule_section(d: dict[str, Any]) -> list[str]:
+    """fluxtrain against torch.optim's fused mode of the same rule, paired step by step."""
+    layouts = list(dict.fromkeys(r["layout"] for r in d["rows"]))
+    rules = list(dict.fromkeys(r["rule"] for r in d["rows"]))
+    cell = {(r["layout"], r["rule"]): r for r in d["rows"]}
+
+    def show(r: dict[str, Any] | None) -> str:
+        return "-" if r is None else f"{r['median']:.2f} ({r['q1']:.2f}-{r['q3']:.2f})"
+
+    rows = [[rule, *[show(cell.get((lay, rule))) for lay in layouts]] for rule in rules]
+    return [
+        "Same rule, paired step by step, `python bench/same_rule.py`: torch.optim's fused step "
+        "time over fluxtrain's (above 1: fluxtrain faster), median and interquartile range of "
+        f"{d['rounds']} rounds; the first row is torch's fused Adam against a copy of itself, "
+        "the machine's noise floor; *tiny* layouts have 1% of the parameters, same tensor count:",
+        "",
+        *_table(["rule", *layouts], rows),
+    ]
+
+
 SECTIONS = {
+    "same_rule.json": same_rule_section,
     "distributed.json": distributed_section,
     "optimisers.json": optimisers_section,
     "loop.json": loop_section,
