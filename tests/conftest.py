@@ -28,3 +28,14 @@ def one_process_group(tmp_path):
     )
     yield
     dist.destroy_process_group()
+
+
+@pytest.fixture
+def compile_everything():
+    """Compile every group, however small (the engine's default skips small groups)."""
+    from fluxtrain.optimisers import compiled
+
+    before = compiled.configure()
+    compiled.configure(enabled=True, min_numel=1)
+    yield
+    compiled.configure(**before)

@@ -34,15 +34,6 @@ RULES = [
 ]
 
 
-@pytest.fixture
-def compile_everything():
-    """Compile every group, however small."""
-    before = compiled.configure()
-    compiled.configure(enabled=True, min_numel=1)
-    yield
-    compiled.configure(**before)
-
-
 def model(dtype=torch.float64) -> dict:
     g = torch.Generator().manual_seed(3)
     shapes = {"w": (10, 10), "v": (80,), "b": (7,), "c": (5, 1)}

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import fluxtrain as ft
-from fluxtrain.optimisers import compiled, engine
+from fluxtrain.optimisers import engine
 from fluxtrain.optimisers.engine import ShapeChangedError
 from fluxtrain.optimisers.rules import NonFiniteGradientError
 from fluxtrain.optimisers.state import _collect
@@ -28,14 +28,6 @@ RULES = [
     ft.Scheduler(ft.NAdam, ft.Exp(0.01, 0.9)),  # compiled, scheduled hyperparameters
     ft.OptimiserChain(ft.WeightDecay(0.1), ft.Lion(0.01)),
 ]
-
-
-@pytest.fixture
-def compile_everything():
-    before = compiled.configure()
-    compiled.configure(enabled=True, min_numel=1)
-    yield
-    compiled.configure(**before)
 
 
 def net() -> nn.Module:
