@@ -473,9 +473,9 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 class _Slot:
-    """A place in a prepared kernel call that each step fills: a gradient (``"dx"``), a scalar
-    of the state (``"in"``), a new scalar's output (``"out"``) or a scheduled hyperparameter
-    (``"hyper"``); ``numel`` is the length of the entry it belongs to."""
+    """A place in a prepared kernel call that each step fills: the ``j``-th gradient
+    (``_DX``), scalar of the state (``_IN``), new scalar's output (``_OUT``) or scheduled
+    hyperparameter (``_HYPER``); ``numel`` is the length of the entry it belongs to."""
 
     __slots__ = ("j", "kind", "numel")
 
@@ -600,10 +600,8 @@ def runner(g: Any) -> Any:
         else:
             hyper_now = hyper
         parts = atoms(state) if scalar_pos else []
-        ins = [_scalar_tensor(parts[i]) for i in scalar_pos]
-        # New scalars are written into 1-element tensors (TorchInductor in torch 2.13 drops a
-        # copy into a 0-d CPU input).
-        outs = [_scalar_tensor(parts[i]).reshape(1) for i in scalar_pos]
+        heads = _scalar_heads(parts, scalar_pos)
+        ins, outs = heads[: len(scalar_pos)], heads[len(scalar_pos) :]
         values = (dxs, ins, outs, hyper_now)
         for fn, call, slots in calls:
             filled = call.copy()  # the prepared call keeps no gradient alive between steps
@@ -628,7 +626,8 @@ def _length(a: Any) -> int:
 
 
 def _scalar_heads(template: list, scalar_pos: tuple) -> list[torch.Tensor]:
-    """The state's scalars as 0-d tensors, then as many 1-element tensors for the new ones."""
+    """The state's scalars as 0-d tensors, then as many 1-element tensors for the new ones
+    (TorchInductor in torch 2.13 drops a copy into a 0-d CPU input)."""
     ins = [_scalar_tensor(template[i]) for i in scalar_pos]
     return ins + [_scalar_tensor(template[i]).reshape(1) for i in scalar_pos]
 

@@ -303,8 +303,9 @@ def first_nonfinite(named: list[tuple[Any, torch.Tensor]]) -> Any:
     return named[int((~finite).nonzero()[0])][0]
 
 
-def _check_finite(items: list[Work]) -> None:
-    bad = first_nonfinite([(w.path, w.dx) for w in items])
+def _check_finite(named: list[tuple[Any, torch.Tensor]]) -> None:
+    """Refuse a gradient holding an Inf or NaN, naming its path (``named``: path, gradient)."""
+    bad = first_nonfinite(named)
     if bad is not None:
         raise NonFiniteGradientError(
             f"gradient at {bad} contains Inf or NaN; nothing was updated", path=bad
@@ -539,6 +540,19 @@ def _dampening(eta: float, dtype: torch.dtype) -> float | None:
     return d if bool(back[0] == back[1]) else None
 
 
+def _fused_kind(rule: Rule, state: Any, dtype: torch.dtype) -> type | None:
+    """The rule's class if one of PyTorch's fused kernels computes it exactly for this state
+    and dtype, else ``None``."""
+    kind = type(rule)
+    if kind is R.Adam or (kind is R.AdamW and rule.couple):
+        return kind if _fused_adam_step(rule, *state[2]) is not None else None
+    if kind is R.AdaGrad:
+        return kind
+    if kind is R.Momentum and rule.rho != 0 and _dampening(rule.eta, dtype) is not None:
+        return kind  # (a zero rho would make torch skip the buffer)
+    return None
+
+
 Runner = Callable[[list[torch.Tensor]], None]
 
 
@@ -548,19 +562,12 @@ def _fused_runner(g: Group) -> Runner | None:
     x0 = g.items[0].x
     rule, state0 = g.rule, g.items[0].leaf.state
     scheduled = hasattr(rule, "rule_at") and isinstance(state0[0], int)
-    now = rule.rule_at(state0[0]) if scheduled else rule  # a Scheduler: its rule at step t
-    kind = type(now)
-    if not (
-        kind is R.Adam
-        or (kind is R.AdamW and now.couple)
-        or kind is R.AdaGrad
-        or (kind is R.Momentum and now.rho != 0 and _dampening(now.eta, x0.dtype) is not None)
-    ):
-        return None
     if x0.dtype not in (torch.float32, torch.float64) or not _plain(g):
         return None  # lower precisions need Optimisers.jl's epsilon floor: use the rule's maths
-    inner0 = state0[1] if scheduled else state0
-    if kind in (R.Adam, R.AdamW) and _fused_adam_step(now, *inner0[2]) is None:
+    # a Scheduler: its rule at step t
+    now, inner0 = (rule.rule_at(state0[0]), state0[1]) if scheduled else (rule, state0)
+    kind = _fused_kind(now, inner0, x0.dtype)
+    if kind is None:
         return None
     leaves = [w.leaf for w in g.items]
     xs = [w.x for w in g.items]
@@ -570,17 +577,14 @@ def _fused_runner(g: Group) -> Runner | None:
         states = [leaf.state for leaf in leaves]
         r = rule.rule_at(states[0][0]) if scheduled else rule
         inner = [s[1] for s in states] if scheduled else states
-        t = _fused_adam_step(r, *inner[0][2]) if kind in (R.Adam, R.AdamW) else None
-        if (t is None and kind in (R.Adam, R.AdamW)) or (
-            kind is R.Momentum and (r.rho == 0 or _dampening(r.eta, x0.dtype) is None)
-        ):
+        if _fused_kind(r, inner[0], x0.dtype) is not kind:
             # beta^t underflowed, or a schedule took rho or eta out of reach: the rule's maths
             items = [Work(leaf, x, [], p, dx) for leaf, x, p, dx in zip(leaves, xs, paths, dxs)]
             _run_unfused(Group(rule, items))
             return
         if kind is R.Adam or kind is R.AdamW:
             b1t, b2t = inner[0][2]
-            step = torch.tensor(float(t), device=x0.device)
+            step = torch.tensor(float(_fused_adam_step(r, b1t, b2t)), device=x0.device)
             kernel = torch._fused_adam_ if kind is R.Adam else torch._fused_adamw_
             kernel(
                 xs, dxs, [s[0] for s in inner], [s[1] for s in inner], [], [step] * len(xs),
@@ -743,11 +747,12 @@ def _eager_runner(g: Group) -> Runner:
 
     def run(dxs: list[torch.Tensor]) -> None:
         items = [Work(leaf, x, [], path, dx) for (leaf, x, path), dx in zip(kept, dxs)]
-        if len(items) == 1 or not all(w.x.is_contiguous() and w.dx.is_contiguous() for w in items):
+        g = Group(rule, items)
+        if len(items) == 1 or not _plain(g):
             for w in items:
                 _run_single(w)
         else:
-            _apply_gathered(Group(rule, items))
+            _apply_gathered(g)
 
     return run
 
@@ -772,8 +777,8 @@ def step(items: list[Work], check_finite: bool = False, pairs: list | None = Non
 
     With ``check_finite``, a gradient holding an Inf or NaN anywhere raises
     ``NonFiniteGradientError`` (naming its path) before anything changes.  Given ``pairs``
-    (every ``(leaf, parameter, path)`` of the state, the items being those with a ``.grad``),
-    returns a ``Replay`` of this step when it can be done again for new ``.grad``s, else
+    (every ``(leaf, parameter, path)`` of the state), returns a ``Replay`` of this step when it
+    can be done again for new gradients (every trained pair had one, used as it was), else
     ``None``.
     """
     items = [w for w in items if not w.leaf.frozen]
@@ -788,7 +793,7 @@ def step(items: list[Work], check_finite: bool = False, pairs: list | None = Non
             if w.dx is None:
                 w.dx = _checked_gradient(w)
         if check_finite:
-            _check_finite(items)
+            _check_finite([(w.path, w.dx) for w in items])
         clipped = _check_head_clips(items)
         clipped = _apply_global_clips(items) or clipped
         # Sharded leaves whose rules are elementwise run on their local shards, grouped with
@@ -833,10 +838,10 @@ def _run_groups(items: list[Work]) -> list[tuple[Runner, list[Work]]] | None:
 
 
 class Replay:
-    """One ``update_`` from ``.grad``, kept to be done again while nothing it relied on has
-    changed: the state's leaves hold the same rules, states and frozen flags as this engine
-    left them, every parameter has the same memory and shape, and every trainable parameter
-    has a contiguous ``.grad``.  Then a step is the groups' kernels on the new gradients,
+    """One ``update_``, kept to be done again while nothing it relied on has changed: the
+    state's leaves hold the same rules, states and frozen flags as this engine left them,
+    every parameter has the same memory and shape, and every trainable parameter has a
+    contiguous gradient (its ``.grad``, or one read from a gradient tree).  Then a step is the groups' kernels on the new gradients,
     without walking, checking and grouping the leaves again (on 114 tensors that work cost
     several times a fused kernel call).  Anything else (``adjust_``, ``freeze_``, a reset or
     loaded state, a missing gradient, a moved parameter) makes ``__call__`` return ``False``,
@@ -906,11 +911,7 @@ class Replay:
             return False
         with torch.no_grad():
             if check_finite:
-                bad = first_nonfinite(list(zip(self.paths, grads)))
-                if bad is not None:
-                    raise NonFiniteGradientError(
-                        f"gradient at {bad} contains Inf or NaN; nothing was updated", path=bad
-                    )
+                _check_finite(list(zip(self.paths, grads)))
             for run, index in self.runs:
                 run([grads[i] for i in index])
         self.states = [leaf.state for leaf in trained]

@@ -419,12 +419,11 @@ def update_(
             items = _dot_grad_items(plan.pairs)
         else:
             items = _collect(state, model, grads, use_dot_grad=False)  # validates, mutates nothing
-            if plan is None and cacheable:
+            if plan is None and cacheable:  # (else the walk for the pairs would be wasted)
                 plan = _new_plan(state, model, cacheable)
-        replay = engine.step(
-            items, check_finite=check_finite, pairs=plan.pairs if cacheable and plan else None
-        )
-        if cacheable and plan is not None:
+        keep = cacheable and plan is not None
+        replay = engine.step(items, check_finite=check_finite, pairs=plan.pairs if keep else None)
+        if keep:
             plan.replay = replay
     return state, model
 
@@ -434,11 +433,11 @@ class _Plan:
     hold the same children): every ``(leaf, parameter, path)`` of the state, the engine's
     Replay of the last step, and the state tree's skeleton for reading gradient trees."""
 
-    __slots__ = ("cached", "model", "pairs", "replay", "skeleton", "structure")
+    __slots__ = ("model", "pairs", "replay", "skeleton", "structure")
 
-    def __init__(self, model: Any, pairs: list, cached: bool) -> None:
-        self.model, self.pairs, self.cached = model, pairs, cached
-        self.structure = _structure(model) if cached else []
+    def __init__(self, model: Any, pairs: list, kept: bool) -> None:
+        self.model, self.pairs = model, pairs
+        self.structure = _structure(model) if kept else []  # only a kept plan is checked
         self.replay: Any = None
         self.skeleton: Any = None
 
@@ -463,7 +462,7 @@ def _cached_plan(state: Any, model: Any) -> _Plan | None:
 
 def _new_plan(state: Any, model: Any, cacheable: bool) -> _Plan:
     pairs = [(w.leaf, w.x, w.path) for w in _collect(state, model, None, use_dot_grad=True)]
-    plan = _Plan(model, pairs, cached=cacheable)
+    plan = _Plan(model, pairs, kept=cacheable)
     if cacheable:
         object.__setattr__(state, "_plan", plan)
     return plan
